@@ -1,0 +1,5 @@
+"""bmsearch: batch embedding and semantic search over Parquet corpora."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

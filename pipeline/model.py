@@ -1,0 +1,144 @@
+"""Find and load an embedding model: a hub id (cache first, fail fast offline) or a local directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from pipeline.errors import ModelError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_MODEL = "prajjwal1/bert-medium"
+# Files that decide what a model computes; their bytes make a local directory's identity.
+_IDENTITY_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
+_HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model", "1_Pooling/*", "2_Normalize/*"]
+_HUB_CONNECT_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model resolved to a local directory, with what identifies its weights."""
+
+    name: str  # as the user gave it: a hub id or a path
+    path: str  # local directory holding the files
+    source: str  # "hub" or "local"
+    revision: str | None  # hub commit hash
+    content_hash: str | None  # sha256 of a local directory's files
+
+    @property
+    def fingerprint(self) -> str:
+        return self.revision or self.content_hash or ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_model(name: str, revision: str | None = None) -> ModelRef:
+    """Turn a hub id or directory into a ModelRef without loading weights; raise ModelError fast."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").exists():
+            raise ModelError(f"{name} is not a model directory (no config.json in it)")
+        resolved = path.resolve()
+        return ModelRef(name, str(resolved), "local", None, directory_hash(resolved))
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model directory {name} does not exist")
+    snapshot = _hub_snapshot(name, revision)
+    return ModelRef(name, snapshot, "hub", Path(snapshot).name, None)
+
+
+def directory_hash(path: Path) -> str:
+    """sha256 over the relative names and bytes of the files that define a model."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES):
+        if "onnx" in file.relative_to(path).parts:
+            continue
+        digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    advice = "pass a local model directory with --model PATH, or download it where the hub is reachable"
+    try:
+        return str(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except HFValidationError as exc:
+        raise ModelError(f"{repo_id!r} is neither a local directory nor a valid hub model id") from exc
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    if _offline():
+        raise ModelError(f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {advice}")
+    from huggingface_hub import constants
+
+    if not _reachable(constants.ENDPOINT):
+        raise ModelError(f"model {repo_id} is not cached and {constants.ENDPOINT} cannot be reached; {advice}")
+    try:
+        return str(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS, etag_timeout=5))
+    except Exception as exc:  # the hub raises many kinds; all mean "could not fetch"
+        raise ModelError(f"could not download model {repo_id}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _reachable(endpoint: str) -> bool:
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=_HUB_CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def load_sentence_transformer(ref: ModelRef, device: str = "cpu", max_seq_length: int | None = None) -> SentenceTransformer:
+    """Load a SentenceTransformer from the resolved directory; plain BERT dirs get Transformer + mean Pooling."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    Pooling, Transformer = _module_classes()
+    path = Path(ref.path)
+    try:
+        if (path / "modules.json").exists():
+            model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        else:
+            transformer = Transformer(str(path), max_seq_length=max_seq_length or 512)
+            pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+            model = SentenceTransformer(modules=[transformer, pooling], device=device)
+    except Exception as exc:
+        raise ModelError(f"cannot load model from {ref.path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def pooling_mode(model: SentenceTransformer) -> str:
+    """The pooling a SentenceTransformer applies, as a short name ('mean', 'cls', ...)."""
+    pooling_cls, _ = _module_classes()
+    for module in model:
+        if isinstance(module, pooling_cls):
+            mode = getattr(module, "pooling_mode", None)
+            return str(mode if isinstance(mode, str) else module.get_pooling_mode_str())
+    return "none"
+
+
+def _module_classes() -> tuple[Any, Any]:
+    """(Pooling, Transformer) from sentence-transformers 6, or the older `models` namespace."""
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
+    return Pooling, Transformer
