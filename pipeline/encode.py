@@ -1,7 +1,11 @@
-"""Text to L2-normalised mean-pooled embeddings: length-sorted, token-budget batches on CPU or GPU."""
+"""Text to L2-normalised mean-pooled embeddings: background tokenising, token-budget batches, torch/ONNX."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -10,24 +14,37 @@ import numpy as np
 
 from pipeline.errors import ModelError, UsageError
 from pipeline.model import ModelRef, load_sentence_transformer, pooling_mode
+from pipeline.onnx_backend import available_cores
+from pipeline.tokenize_pool import PendingTokens, TokenBatch, TokenizerPool
 
 if TYPE_CHECKING:
     import torch
 
 DEFAULT_TOKEN_BUDGET_CPU = 16_384
+DEFAULT_TOKEN_BUDGET_ONNX = 4_096
 DEFAULT_TOKEN_BUDGET_GPU = 131_072
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+# What backend="auto" picks on CPU; chosen from the measurements in docs/benchmarks.md.
+CPU_DEFAULT_BACKEND = "onnx-int8"
+# encode() pipelines inputs longer than this through encode_chunks so tokenising overlaps the forward pass.
+_ENCODE_PIPELINE_ROWS = 4_096
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """How to run the encoder; None means an automatic choice for the device."""
+    """How to run the encoder; None and "auto" mean an automatic choice for the device."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_seq_length: int | None = None  # None: the model's own
     batch_size: int | None = None  # most rows in one forward pass
     token_budget: int | None = None  # most padded tokens in one forward pass
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    backend: str = "torch"  # torch (others arrive with the CPU fast path)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp16 without bf16, fp32 on CPU)
+    backend: str = "auto"  # auto | torch | onnx | onnx-int8 (auto: torch on GPU, CPU_DEFAULT_BACKEND on CPU)
+    tokenizer_workers: int | None = None  # processes that tokenise; 0: one background thread; None: auto
+    torch_compile: bool | None = None  # torch.compile the model (torch backend); None: off
+    multi_gpu: bool | None = None  # one replica per visible GPU; None: on when device is auto/cuda
+    prefetch_chunks: int = 2  # chunks tokenised ahead of the forward pass in encode_chunks
+    threads: int | None = None  # CPU threads for the forward pass; None: cores not used by tokeniser workers
 
 
 def resolve_device(device: str) -> str:
@@ -42,7 +59,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_precision(precision: str, device: str) -> str:
+def resolve_precision(precision: str, device: str, backend: str = "torch") -> str:
     import torch
 
     if precision == "auto":
@@ -51,7 +68,31 @@ def resolve_precision(precision: str, device: str) -> str:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
+    if backend.startswith("onnx") and precision != "fp32":
+        raise UsageError(f"the {backend} backend computes in fp32 (int8 weights for onnx-int8)")
     return precision
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """The concrete backend; onnx-int8 from "auto" may still fall back to onnx (see Encoder)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    on_gpu = device.startswith("cuda")
+    if backend == "auto":
+        return "torch" if on_gpu or not _onnxruntime_installed() else CPU_DEFAULT_BACKEND
+    if backend.startswith("onnx"):
+        if on_gpu:
+            raise UsageError(f"the {backend} backend runs on CPU only; use --device cpu or --backend torch")
+        if not _onnxruntime_installed():
+            raise UsageError(f"the {backend} backend needs onnxruntime and onnx: pip install 'bmsearch[cpu]'")
+    return backend
+
+
+def default_tokenizer_workers(device: str, cores: int) -> int:
+    """Tokeniser processes: on GPU enough to keep it fed; on CPU the forward pass wants the cores."""
+    if device.startswith("cuda"):
+        return max(1, min(8, cores // 2))
+    return 0 if cores < 8 else cores // 8
 
 
 def plan_batches(lengths: np.ndarray, token_budget: int, max_rows: int | None) -> list[np.ndarray]:
@@ -73,30 +114,46 @@ def plan_batches(lengths: np.ndarray, token_budget: int, max_rows: int | None) -
 class Encoder:
     """Encodes texts with a sentence-transformers model's weights, mean pooling and L2 normalisation.
 
-    Tokenises without padding, sorts by length, pads each token-budget batch only to its own longest
-    row and pools on the device; results come back in input order.
+    Tokenises without padding (in the background for encode_chunks), sorts by length, pads each
+    token-budget batch only to its own longest row and pools inside the model's runtime; results come
+    back in input order.
     """
 
     def __init__(self, ref: ModelRef, config: EncoderConfig | None = None) -> None:
-        import torch
-
         self.ref = ref
         self.config = config or EncoderConfig()
         self.device = resolve_device(self.config.device)
-        self.precision = resolve_precision(self.config.precision, self.device)
+        self.backend = resolve_backend(self.config.backend, self.device)
+        self.precision = resolve_precision(self.config.precision, self.device, self.backend)
         self.st = load_sentence_transformer(ref, self.device, self.config.max_seq_length)
         self.pooling = pooling_mode(self.st)
         if self.pooling != "mean":
-            raise ModelError(f"model {ref.name} pools with {self.pooling!r}; bmsearch computes mean pooling only")
-        self.max_seq_length = int(self.st.max_seq_length)
+            raise ModelError(
+                f"model {ref.name} pools with {self.pooling!r}; bmsearch computes mean pooling only"
+            )
+        self.max_seq_length = int(self.st.max_seq_length or 512)
         self.tokenizer = self.st.tokenizer
-        self.dim = int(self.st.get_sentence_embedding_dimension() or 0)
+        # sentence-transformers 6 renamed the method; the old name warns.
+        get_dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
+        self.dim = int(get_dim() or 0)
         self.transformer = self.st[0].auto_model
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
-        self.transformer.to(device=self.device, dtype=dtype).eval()
-        on_gpu = self.device.startswith("cuda")
-        self.token_budget = self.config.token_budget or (DEFAULT_TOKEN_BUDGET_GPU if on_gpu else DEFAULT_TOKEN_BUDGET_CPU)
+        cores = available_cores()
+        workers = self.config.tokenizer_workers
+        self.tokenizer_workers = default_tokenizer_workers(self.device, cores) if workers is None else workers
+        self.threads = self.config.threads or max(1, cores - self.tokenizer_workers)
         self.batch_size = self.config.batch_size
+        self._pool: TokenizerPool | None = None
+        self._local = TokenizerPool(self.tokenizer, self.max_seq_length, workers=0)
+        self.int8_check: dict[str, float] | None = None
+        self._runner: _TorchRunner | _OnnxModel
+        if self.backend == "torch":
+            self._runner = _TorchRunner(self.transformer, self.device, self.precision, self.config)
+            on_gpu = self.device.startswith("cuda")
+            default_budget = DEFAULT_TOKEN_BUDGET_GPU if on_gpu else DEFAULT_TOKEN_BUDGET_CPU
+        else:
+            self._runner = self._onnx_runner()
+            default_budget = DEFAULT_TOKEN_BUDGET_ONNX
+        self.token_budget = self.config.token_budget or default_budget
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -111,48 +168,172 @@ class Encoder:
             "dimension": self.dim,
             "normalized": True,
             "max_seq_length": self.max_seq_length,
-            "backend": self.config.backend,
+            "backend": self.backend,
+            "precision": self.precision,
         }
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        out = self.tokenizer(
-            list(texts), truncation=True, max_length=self.max_seq_length, padding=False,
-            return_attention_mask=False, return_token_type_ids=False,
-        )
-        return list(out["input_ids"])
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """Token ids of texts (truncated to max_seq_length, special tokens included), unpadded."""
+        return self._local.tokenize(texts)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of texts, float32 (n, dim), unit length, in input order."""
-        import torch
-
-        result = np.empty((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return result
-        ids = self.tokenize(texts)
-        lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
-        with torch.inference_mode():
-            for batch in plan_batches(lengths, self.token_budget, self.batch_size):
-                result[batch] = self._forward([ids[i] for i in batch])
-        return result
+        if len(texts) > 2 * _ENCODE_PIPELINE_ROWS:
+            step = _ENCODE_PIPELINE_ROWS
+            parts = self.encode_chunks(texts[i : i + step] for i in range(0, len(texts), step))
+            return np.concatenate(list(parts))
+        return self.embed_tokens(self.tokenize(texts))
 
     def encode_chunks(self, chunks: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
-        """One embedding array per chunk of texts, in order."""
+        """One embedding array per chunk of texts, in order; tokenises up to prefetch_chunks ahead."""
+        pool = self._tokenizer_pool()
+        pending: deque[PendingTokens] = deque()
+        lookahead = max(1, self.config.prefetch_chunks)
         for chunk in chunks:
-            yield self.encode(chunk)
+            pending.append(pool.submit(chunk))
+            if len(pending) > lookahead:
+                yield self.embed_tokens(pending.popleft().result())
+        while pending:
+            yield self.embed_tokens(pending.popleft().result())
 
-    def _forward(self, rows: list[list[int]]) -> np.ndarray:
+    def embed_tokens(self, tokens: TokenBatch) -> np.ndarray:
+        """Embeddings of already tokenised rows, in their order."""
+        result = np.empty((len(tokens), self.dim), dtype=np.float32)
+        if len(tokens):
+            batches = plan_batches(tokens.lengths, self.token_budget, self.batch_size)
+            self._runner.embed(tokens, batches, result)
+        return result
+
+    def close(self) -> None:
+        """Stop the tokeniser workers (they restart on the next encode_chunks)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> Encoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tokenizer_pool(self) -> TokenizerPool:
+        if self._pool is None:
+            self._pool = TokenizerPool(self.tokenizer, self.max_seq_length, self.tokenizer_workers)
+        return self._pool
+
+    def _onnx_runner(self) -> _OnnxModel:
+        from pipeline.onnx_backend import (
+            INT8_MIN_MEAN_COSINE,
+            OnnxRunner,
+            cached_int8_check,
+            export_fp32,
+            int8_agreement,
+            quantize_int8,
+        )
+
+        fp32_path = export_fp32(self.ref, self.transformer)
+        if self.backend == "onnx":
+            return _OnnxModel(OnnxRunner(fp32_path, self.threads))
+        int8 = OnnxRunner(quantize_int8(self.ref, fp32_path), self.threads)
+
+        def check() -> dict[str, float]:
+            from pipeline.onnx_backend import CALIBRATION_TEXTS
+
+            feeds = self.tokenize(CALIBRATION_TEXTS).padded(np.arange(len(CALIBRATION_TEXTS)))
+            return int8_agreement(OnnxRunner(fp32_path, self.threads), int8, feeds)
+
+        self.int8_check = cached_int8_check(fp32_path, check)
+        if self.config.backend == "auto" and self.int8_check["mean_cosine"] < INT8_MIN_MEAN_COSINE:
+            # This model quantises badly; the automatic choice must not cost accuracy.
+            self.backend = "onnx"
+            return _OnnxModel(OnnxRunner(fp32_path, self.threads))
+        return _OnnxModel(int8)
+
+
+class _OnnxModel:
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def embed(self, tokens: TokenBatch, batches: list[np.ndarray], out: np.ndarray) -> None:
+        offsets = tokens.offsets
+        for batch in batches:
+            out[batch] = self.runner.run(*tokens.padded(batch, offsets))
+
+
+class _TorchRunner:
+    """Forward passes on one device, or data-parallel over every visible GPU (one thread per GPU)."""
+
+    def __init__(self, transformer: Any, device: str, precision: str, config: EncoderConfig) -> None:
         import torch
 
-        longest = max(len(r) for r in rows)
-        input_ids = np.zeros((len(rows), longest), dtype=np.int64)
-        mask = np.zeros((len(rows), longest), dtype=np.int64)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        ids_t = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
-        mask_t = torch.from_numpy(mask).to(self.device, non_blocking=True)
-        hidden = self.transformer(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-        return mean_pool_normalize(hidden, mask_t).float().cpu().numpy()
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        on_gpu = device.startswith("cuda")
+        if on_gpu and hasattr(transformer, "set_attn_implementation"):
+            # An architecture without an SDPA kernel keeps eager attention, which still works.
+            with contextlib.suppress(ValueError, ImportError):
+                transformer.set_attn_implementation("sdpa")
+        transformer.to(device=device, dtype=dtype).eval()
+        if config.threads and not on_gpu:
+            torch.set_num_threads(config.threads)
+        devices = [device]
+        multi = config.multi_gpu if config.multi_gpu is not None else config.device in ("auto", "cuda")
+        if on_gpu and multi and torch.cuda.device_count() > 1:
+            devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        self.replicas: list[tuple[str, Any]] = []
+        for i, dev in enumerate(devices):
+            model = transformer if i == 0 else copy.deepcopy(transformer).to(dev)
+            if i == 0 and dev != device:
+                model.to(dev)
+            if config.torch_compile:
+                model = torch.compile(model, dynamic=True)
+            self.replicas.append((dev, model))
+
+    def embed(self, tokens: TokenBatch, batches: list[np.ndarray], out: np.ndarray) -> None:
+        if len(self.replicas) == 1:
+            self._run(self.replicas[0], tokens, batches, out)
+            return
+        errors: list[BaseException] = []
+
+        def work(k: int) -> None:
+            try:
+                self._run(self.replicas[k], tokens, batches[k :: len(self.replicas)], out)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(self.replicas))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    @staticmethod
+    def _run(
+        replica: tuple[str, Any], tokens: TokenBatch, batches: list[np.ndarray], out: np.ndarray
+    ) -> None:
+        import torch
+
+        device, model = replica
+        if not batches:
+            return
+        on_gpu = device.startswith("cuda")
+        offsets = tokens.offsets
+        pooled: list[torch.Tensor] = []
+        with torch.inference_mode():
+            for batch in batches:
+                ids, mask = (torch.from_numpy(a) for a in tokens.padded(batch, offsets))
+                if on_gpu:
+                    ids = ids.pin_memory().to(device, non_blocking=True)
+                    mask = mask.pin_memory().to(device, non_blocking=True)
+                hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+                emb = mean_pool_normalize(hidden, mask)
+                if on_gpu:
+                    pooled.append(emb)  # stays on the GPU: one device-to-host copy per chunk, not per batch
+                else:
+                    out[batch] = emb.numpy()
+            if pooled:
+                out[np.concatenate(batches)] = torch.cat(pooled).cpu().numpy()
 
 
 def mean_pool_normalize(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -163,3 +344,9 @@ def mean_pool_normalize(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     summed = (hidden.to(torch.float32) * weights).sum(dim=1)
     pooled = summed / weights.sum(dim=1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def _onnxruntime_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))

@@ -1,0 +1,155 @@
+"""Tokenisation to compact numpy arrays, in a pool of worker processes or one background thread."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ModelError
+
+_WORKER_TOKENIZER: Any = None
+# Below this many texts a chunk is not split across workers: pickling overhead would dominate.
+_MIN_SPLIT = 256
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Token ids of many texts: one flat int32 array plus each row's length (no padding)."""
+
+    ids: np.ndarray  # int32, all rows concatenated
+    lengths: np.ndarray  # int32, tokens per row
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate(([0], np.cumsum(self.lengths, dtype=np.int64)))
+
+    def padded(self, rows: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask) int64 for the given rows, right-padded with 0 to their longest."""
+        offsets = self.offsets if offsets is None else offsets
+        lengths = self.lengths[rows].astype(np.int64)
+        longest = max(int(lengths.max()), 1) if len(rows) else 1
+        mask = np.arange(longest)[None, :] < lengths[:, None]
+        ids = np.zeros(mask.shape, dtype=np.int64)
+        # Boolean assignment fills row-major, so the rows' tokens laid end to end land in place.
+        ids[mask] = np.concatenate([self.ids[offsets[r] : offsets[r + 1]] for r in rows])
+        return ids, mask.astype(np.int64)
+
+    @staticmethod
+    def concat(parts: Sequence[TokenBatch]) -> TokenBatch:
+        if len(parts) == 1:
+            return parts[0]
+        return TokenBatch(np.concatenate([p.ids for p in parts]), np.concatenate([p.lengths for p in parts]))
+
+
+def fast_tokenizer_json(tokenizer: Any) -> str | None:
+    """The Rust tokenizer's serialised form, or None for a slow (pure Python) tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return None if backend is None else str(backend.to_str())
+
+
+def make_tokenizer(spec: str, max_length: int) -> Any:
+    """A `tokenizers.Tokenizer` that truncates to max_length (special tokens included) and never pads."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(spec)
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return tok
+
+
+def encode_texts(tok: Any, texts: Sequence[str]) -> TokenBatch:
+    """Tokenise with a `tokenizers.Tokenizer` into a TokenBatch."""
+    encodings = tok.encode_batch(list(texts))
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32, count=len(encodings))
+    flat = itertools.chain.from_iterable(e.ids for e in encodings)
+    ids = np.fromiter(flat, dtype=np.int32, count=int(lengths.sum()))
+    return TokenBatch(ids, lengths)
+
+
+def _init_worker(spec: str, max_length: int) -> None:
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER_TOKENIZER = make_tokenizer(spec, max_length)
+
+
+def _encode_in_worker(texts: Sequence[str]) -> TokenBatch:
+    return encode_texts(_WORKER_TOKENIZER, texts)
+
+
+class PendingTokens:
+    """Tokenisation under way, possibly split over several workers; result() joins the parts in order."""
+
+    def __init__(self, futures: list[Future[TokenBatch]]) -> None:
+        self._futures = futures
+
+    def result(self) -> TokenBatch:
+        return TokenBatch.concat([f.result() for f in self._futures])
+
+
+class TokenizerPool:
+    """Tokenises off the calling thread: `workers` processes, or one thread when workers is 0.
+
+    The Rust tokenizer releases the GIL, so the thread overlaps with a forward pass too; processes are
+    for machines whose spare cores outnumber what one tokenizer thread can use.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, workers: int = 0) -> None:
+        spec = fast_tokenizer_json(tokenizer)
+        self.max_length = max_length
+        self.workers = workers if spec is not None else 0
+        self._hf = tokenizer
+        self._local: Any = make_tokenizer(spec, max_length) if spec is not None else None
+        self._executor: Executor
+        if self.workers > 0:
+            assert spec is not None
+            # spawn, not fork: the parent may hold torch/ORT thread pools that do not survive a fork.
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(spec, max_length),
+            )
+        else:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="bmsearch-tokenize")
+
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """Tokenise in the calling thread."""
+        if self._local is not None:
+            return encode_texts(self._local, texts)
+        return self._slow_tokenize(texts)
+
+    def submit(self, texts: Sequence[str]) -> PendingTokens:
+        """Start tokenising texts in the background."""
+        texts = list(texts)
+        if self.workers == 0:
+            return PendingTokens([self._executor.submit(self.tokenize, texts)])
+        pieces = max(1, min(self.workers, len(texts) // _MIN_SPLIT))
+        step = -(-len(texts) // pieces) if texts else 1
+        futures = [
+            self._executor.submit(_encode_in_worker, texts[i : i + step]) for i in range(0, len(texts), step)
+        ]
+        if not futures:
+            futures = [self._executor.submit(_encode_in_worker, [])]
+        return PendingTokens(futures)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _slow_tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        try:
+            out = self._hf(list(texts), truncation=True, max_length=self.max_length, padding=False,
+                           return_attention_mask=False, return_token_type_ids=False)
+        except Exception as exc:
+            raise ModelError(f"tokenizer failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        rows = list(out["input_ids"])
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
+        ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
+        return TokenBatch(ids, lengths)
