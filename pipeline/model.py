@@ -91,7 +91,9 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _reachable(endpoint: str) -> bool:
@@ -104,7 +106,9 @@ def _reachable(endpoint: str) -> bool:
         return False
 
 
-def load_sentence_transformer(ref: ModelRef, device: str = "cpu", max_seq_length: int | None = None) -> SentenceTransformer:
+def load_sentence_transformer(
+    ref: ModelRef, device: str = "cpu", max_seq_length: int | None = None
+) -> SentenceTransformer:
     """Load a SentenceTransformer from the resolved directory; plain BERT dirs get Transformer + mean Pooling."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer
@@ -137,8 +141,10 @@ def pooling_mode(model: SentenceTransformer) -> str:
 
 def _module_classes() -> tuple[Any, Any]:
     """(Pooling, Transformer) from sentence-transformers 6, or the older `models` namespace."""
+    import importlib
+
     try:
-        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+        modules = importlib.import_module("sentence_transformers.sentence_transformer.modules")
     except ImportError:
-        from sentence_transformers.models import Pooling, Transformer
-    return Pooling, Transformer
+        modules = importlib.import_module("sentence_transformers.models")
+    return modules.Pooling, modules.Transformer

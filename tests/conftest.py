@@ -12,12 +12,68 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(os.environ.get("BMSEARCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
-WORDS = (
-    "the a cat dog bird fish river mountain city music film book science physics history war peace "
-    "computer network data search index vector query engine bread coffee tea garden rain snow sun "
-    "moon star ocean ship train car road bridge house school teacher student doctor hospital "
-    "football tennis game player team election vote law court judge market price bank money"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "river",
+    "mountain",
+    "city",
+    "music",
+    "film",
+    "book",
+    "science",
+    "physics",
+    "history",
+    "war",
+    "peace",
+    "computer",
+    "network",
+    "data",
+    "search",
+    "index",
+    "vector",
+    "query",
+    "engine",
+    "bread",
+    "coffee",
+    "tea",
+    "garden",
+    "rain",
+    "snow",
+    "sun",
+    "moon",
+    "star",
+    "ocean",
+    "ship",
+    "train",
+    "car",
+    "road",
+    "bridge",
+    "house",
+    "school",
+    "teacher",
+    "student",
+    "doctor",
+    "hospital",
+    "football",
+    "tennis",
+    "game",
+    "player",
+    "team",
+    "election",
+    "vote",
+    "law",
+    "court",
+    "judge",
+    "market",
+    "price",
+    "bank",
+    "money",
+]
 
 
 def sample_texts(n: int, seed: int = 0) -> list[str]:
@@ -30,24 +86,39 @@ def sample_texts(n: int, seed: int = 0) -> list[str]:
 def build_tiny_bert(path: Path) -> Path:
     """Save a 2-layer BERT with random weights and a WordPiece tokenizer trained here, as a plain HF dir."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator([*sample_texts(500), *WORDS, ". , ; : ! ? ' \" ( ) - 0 1 2 3 4 5 6 7 8 9"], trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )
-    tok.train_from_iterator(sample_texts(500) + WORDS, trainer=trainer)
+    tok.decoder = decoders.WordPiece()
     path.mkdir(parents=True, exist_ok=True)
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    (path / "vocab.txt").write_text("".join(f"{word}\n" for word, _ in vocab))
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    vocab = tok.get_vocab()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    ).save_pretrained(path)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(path)
     return path

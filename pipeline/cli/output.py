@@ -22,6 +22,9 @@ def setup_logging(debug: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")
         for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "faiss", "httpx"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         try:

@@ -1,0 +1,485 @@
+"""`bmsearch index` as a library call: ingest, encode what is new or changed, index, commit a generation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import BuildOptions
+from pipeline.corpus import (
+    HASH,
+    KEY,
+    CorpusStats,
+    SourceFile,
+    corpus_schema,
+    expand_paths,
+    id_scheme,
+    read_batches,
+)
+from pipeline.errors import CorpusError, IndexBuildError, IndexExistsError
+from pipeline.fsutil import remove_tree
+from pipeline.journal import open_work
+from pipeline.layout import IndexPaths
+from pipeline.lock import IndexLock
+from pipeline.manifest import check_model, new_manifest, read_manifest, write_manifest
+from pipeline.model import ModelRef, resolve_model
+from pipeline.progress import NoProgress, Progress
+from pipeline.shards import read_shard, write_shard
+from pipeline.store import DB_NAME, Store, arrow_reader, quote
+
+log = logging.getLogger(__name__)
+VECTORS_FILE = "vectors.faiss"
+
+
+@dataclass
+class BuildResult:
+    """The run summary printed by the CLI and returned as --json."""
+
+    name: str
+    generation: int | None
+    up_to_date: bool = False
+    rows_read: int = 0
+    skipped_empty: int = 0
+    rows: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    encoded: int = 0
+    resumed_rows: int = 0
+    seconds: float = 0.0
+    rows_per_s: float = 0.0
+    index_type: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Previous:
+    number: int
+    path: Path
+    manifest: dict[str, Any]
+
+
+def build_index(opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
+    """Build or incrementally update the index `opts.name`; safe to re-run and to resume after a crash."""
+    progress = progress or NoProgress()
+    started = time.monotonic()
+    sources = expand_paths(opts.sources)
+    schema = corpus_schema(sources, opts.text_column, opts.id_column)
+    paths = IndexPaths.of(opts.index_dir, opts.name)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with IndexLock(paths.lock_file):
+        ref = resolve_model(opts.model, opts.revision)
+        settings = _settings(opts, ref, schema)
+        prev = _previous(paths, opts, settings)
+        if prev and not opts.rebuild and _up_to_date(prev.manifest, sources, settings, opts):
+            result = BuildResult(
+                opts.name,
+                prev.number,
+                up_to_date=True,
+                rows=prev.manifest["counts"]["rows"],
+                unchanged=prev.manifest["counts"]["rows"],
+                index_type=prev.manifest["index"]["type"],
+            )
+            result.seconds = time.monotonic() - started
+            return result
+        run = _Run(paths, opts, sources, schema, settings, ref, prev, progress)
+        result = run.execute()
+    result.seconds = time.monotonic() - started
+    result.rows_per_s = result.rows_read / result.seconds if result.seconds else 0.0
+    return result
+
+
+def _settings(opts: BuildOptions, ref: ModelRef, schema: pa.Schema) -> dict[str, Any]:
+    """What must stay the same for an index to be updated in place rather than replaced."""
+    id_type = schema.field(opts.id_column).type if opts.id_column else None
+    return {
+        "text_column": opts.text_column,
+        "id_column": opts.id_column,
+        "id_scheme": id_scheme(opts.id_column, id_type),
+        "model_name": ref.name,
+        "model_weights": ref.fingerprint,
+        "max_seq_length": opts.encoder.max_seq_length,
+        "backend": None if opts.encoder.backend in (None, "auto") else opts.encoder.backend,
+    }
+
+
+def _previous(paths: IndexPaths, opts: BuildOptions, settings: dict[str, Any]) -> _Previous | None:
+    number = paths.current()
+    if number is None or opts.overwrite:
+        return None
+    manifest = read_manifest(paths.generation(number))
+    old = manifest["settings"]
+    # max length and backend left unset mean "as before" on an update.
+    differs = [
+        k
+        for k, v in settings.items()
+        if v is not None
+        and old.get(k) != v
+        and not (k == "model_name" and settings["model_weights"] == old["model_weights"])
+    ]
+    if differs:
+        detail = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in differs)
+        raise IndexExistsError(
+            f"index {paths.name!r} exists with other settings ({detail}); pass --overwrite to replace it"
+        )
+    return _Previous(number, paths.generation(number), manifest)
+
+
+def _up_to_date(
+    manifest: dict[str, Any], sources: list[SourceFile], settings: dict[str, Any], opts: BuildOptions
+) -> bool:
+    same_sources = manifest["sources"] == [s.to_dict() for s in sources]
+    same_options = manifest["build"].get("on_empty") == opts.on_empty and not opts.sync
+    return same_sources and same_options
+
+
+def _fingerprint(
+    opts: BuildOptions, sources: list[SourceFile], settings: dict[str, Any], prev: _Previous | None
+) -> str:
+    blob = json.dumps(
+        {
+            "sources": [s.to_dict() for s in sources],
+            "settings": settings,
+            "on_empty": opts.on_empty,
+            "sync": opts.sync,
+            "rebuild": opts.rebuild,
+            "prev": prev.number if prev else None,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Run:
+    """One build run: its work folder, staging database and journal."""
+
+    def __init__(
+        self,
+        paths: IndexPaths,
+        opts: BuildOptions,
+        sources: list[SourceFile],
+        schema: pa.Schema,
+        settings: dict[str, Any],
+        ref: ModelRef,
+        prev: _Previous | None,
+        progress: Progress,
+    ) -> None:
+        self.paths, self.opts, self.sources, self.schema = paths, opts, sources, schema
+        self.settings, self.ref, self.prev, self.progress = settings, ref, prev, progress
+        self.fp = _fingerprint(opts, sources, settings, prev)
+        self.work, self.journal = open_work(paths.work, self.fp)
+        self.timings: dict[str, float] = {}
+        self._encoder: Any = None
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from dataclasses import replace
+
+            from pipeline.encode import Encoder
+
+            config = self.opts.encoder
+            if self.prev is not None:
+                old = self.prev.manifest["model"]
+                backend = old["backend"] if config.backend in (None, "auto") else config.backend
+                config = replace(config, max_seq_length=config.max_seq_length or old["max_seq_length"], backend=backend)
+            self._encoder = Encoder(self.ref, config)
+            if self.prev is not None:
+                check_model(self.prev.manifest["model"], self._encoder.identity, self.paths.name)
+        return self._encoder
+
+    def execute(self) -> BuildResult:
+        self.paths.shards.mkdir(exist_ok=True)
+        _collect_shards(self.paths, keep=self._journal_shards())
+        store = self._ingest()
+        try:
+            if self.prev is not None:
+                store.rows("ATTACH ? AS prev (READ_ONLY)", [str(self.prev.path / DB_NAME)])
+            counts = self._counts(store)
+            resumed = sum(e["rows"] for e in self.journal.all("shard"))
+            encoded = self._encode(store)
+            model = self._model_identity()
+            index_info = self._finish(store, model)
+        finally:
+            store.close()
+        number = self._commit(index_info, model, counts)
+        result = BuildResult(
+            self.opts.name,
+            number,
+            rows_read=self.ingest_stats["rows_read"],
+            skipped_empty=self.ingest_stats["skipped_empty"],
+            encoded=encoded,
+            resumed_rows=resumed,
+            index_type=index_info["type"],
+            timings=self.timings,
+            rows=counts["rows"],
+            new=counts["new"],
+            changed=counts["changed"],
+            unchanged=counts["unchanged"],
+            removed=counts["removed"],
+        )
+        return result
+
+    # --- stages --------------------------------------------------------------------------------
+    def _ingest(self) -> Store:
+        db = self.work / DB_NAME
+        done = self.journal.find("ingested")
+        if done is None:
+            t0 = time.monotonic()
+            for stale in (db, db.with_name(DB_NAME + ".wal")):
+                stale.unlink(missing_ok=True)
+            store = Store(db, read_only=False)
+            stats = CorpusStats()
+            self.progress.stage("reading", total=None)
+            for batch in read_batches(
+                self.sources,
+                self.schema,
+                self.opts.text_column,
+                self.opts.id_column,
+                self.opts.on_empty,
+                self.opts.read_rows,
+                stats,
+            ):
+                store.append_docs(batch)
+                self.progress.advance(batch.num_rows)
+            if stats.rows_kept == 0:
+                store.close()
+                raise CorpusError(
+                    f"the corpus has no non-empty texts ({stats.rows_read} rows read, {stats.skipped_empty} empty)"
+                )
+            duplicates = store.duplicate_keys(self.opts.id_column)
+            if duplicates:
+                store.close()
+                what = f"column {self.opts.id_column!r}" if self.opts.id_column else "derived row ids"
+                raise CorpusError(f"duplicate ids in {what}: {', '.join(map(str, duplicates))}")
+            if self.prev is not None and not self.opts.sync:
+                self._carry_over(store)
+            store.checkpoint()
+            self.journal.append(
+                {
+                    "event": "ingested",
+                    "rows_read": stats.rows_read,
+                    "skipped_empty": stats.skipped_empty,
+                    "rows": store.count(),
+                }
+            )
+            self.timings["ingest_s"] = time.monotonic() - t0
+            done = self.journal.find("ingested")
+        else:
+            store = Store(db, read_only=False)
+        assert done is not None
+        self.ingest_stats = done
+        return store
+
+    def _carry_over(self, store: Store) -> None:
+        """Without --sync, rows of the previous generation whose ids are absent now are kept."""
+        store.rows("ATTACH ? AS prev (READ_ONLY)", [str(self.prev.path / DB_NAME)])  # type: ignore[union-attr]
+        new_cols = set(store.columns())
+        old_cols = [r[0] for r in store.rows("SELECT column_name FROM (DESCRIBE prev.docs)")]
+        shared = ", ".join(quote(c) for c in old_cols if c in new_cols)
+        store.rows(
+            f"INSERT INTO docs BY NAME SELECT {shared} FROM prev.docs p WHERE p.{KEY} NOT IN (SELECT {KEY} FROM docs)"
+        )
+        store.rows("DETACH prev")
+
+    def _counts(self, store: Store) -> dict[str, int]:
+        rows = store.count()
+        if self.prev is None:
+            return {"rows": rows, "new": rows, "changed": 0, "unchanged": 0, "removed": 0}
+        row = store.rows(f"""
+            SELECT count(*) FILTER (WHERE p.{KEY} IS NULL),
+                   count(*) FILTER (WHERE p.{KEY} IS NOT NULL AND p.{HASH} <> d.{HASH}),
+                   count(*) FILTER (WHERE p.{KEY} IS NOT NULL AND p.{HASH} = d.{HASH})
+            FROM docs d LEFT JOIN prev.vectors p ON p.{KEY} = d.{KEY}""")[0]
+        removed = store.scalar(f"SELECT count(*) FROM prev.vectors WHERE {KEY} NOT IN (SELECT {KEY} FROM docs)")
+        return {"rows": rows, "new": row[0], "changed": row[1], "unchanged": row[2], "removed": removed}
+
+    def _journal_shards(self) -> set[str]:
+        return {e["file"] for e in self.journal.all("shard")}
+
+    def _encode(self, store: Store) -> int:
+        """Embed rows with no reusable vector, in key order, one journaled shard per chunk."""
+        t0 = time.monotonic()
+        done = [read_shard(self.paths.shards / f)[0] for f in sorted(self._journal_shards())]
+        done_keys = pa.table({KEY: pa.array(np.concatenate(done) if done else np.empty(0, np.int64))})
+        store.con.register("done_keys", done_keys)
+        reuse = (
+            f"LEFT JOIN prev.vectors p ON p.{KEY} = d.{KEY} AND p.{HASH} = d.{HASH} WHERE p.{KEY} IS NULL AND"
+            if self.prev is not None
+            else "WHERE"
+        )
+        where = f"{reuse} d.{KEY} NOT IN (SELECT {KEY} FROM done_keys)"
+        total = int(store.scalar(f"SELECT count(*) FROM docs d {where}"))
+        if total == 0:
+            return 0
+        text = quote(self.opts.text_column)
+        reader = arrow_reader(
+            store.con.sql(f"SELECT d.{KEY}, d.{text} FROM docs d {where} ORDER BY d.{KEY}"), self.opts.shard_rows
+        )
+        pending: deque[np.ndarray] = deque()
+
+        def chunks() -> Iterator[list[str]]:
+            for batch in _rebatch(reader, self.opts.shard_rows):
+                pending.append(batch.column(0).to_numpy())
+                yield batch.column(1).to_pylist()
+
+        encoder = self.encoder
+        self.progress.stage("encoding", total=total)
+        seq = len(self._journal_shards())
+        encoded = 0
+        for vectors in encoder.encode_chunks(chunks()):
+            keys = pending.popleft()
+            name = f"{self.fp}-{seq:06d}.arrow"
+            write_shard(self.paths.shards / name, keys, vectors)
+            self.journal.append({"event": "shard", "file": name, "rows": len(keys)})
+            seq += 1
+            encoded += len(keys)
+            self.progress.advance(len(keys))
+        store.con.unregister("done_keys")
+        self.timings["encode_s"] = time.monotonic() - t0
+        return encoded
+
+    def _model_identity(self) -> dict[str, Any]:
+        if self._encoder is None and self.prev is not None:
+            return dict(self.prev.manifest["model"])  # nothing was encoded: same weights, same settings
+        return dict(self.encoder.identity)
+
+    def _finish(self, store: Store, model: dict[str, Any]) -> dict[str, Any]:
+        """Record where every row's vector is, then build the vector index from the shards."""
+        t0 = time.monotonic()
+        new_rows = []
+        for name in sorted(self._journal_shards()):
+            keys, _ = read_shard(self.paths.shards / name)
+            new_rows.append(
+                pa.table(
+                    {
+                        KEY: keys,
+                        "shard": pa.array([name] * len(keys)),
+                        "pos": pa.array(np.arange(len(keys), dtype=np.int32)),
+                    }
+                )
+            )
+        empty = pa.table(
+            {KEY: pa.array([], pa.int64()), "shard": pa.array([], pa.string()), "pos": pa.array([], pa.int32())}
+        )
+        store.con.register("new_vecs", pa.concat_tables(new_rows) if new_rows else empty)
+        if self.prev is not None:
+            located = (
+                f"coalesce(n.shard, p.shard) AS shard, coalesce(n.pos, p.pos) AS pos FROM docs d "
+                f"LEFT JOIN new_vecs n ON n.{KEY} = d.{KEY} "
+                f"LEFT JOIN prev.vectors p ON p.{KEY} = d.{KEY} AND p.{HASH} = d.{HASH}"
+            )
+        else:
+            located = f"n.shard, n.pos FROM docs d LEFT JOIN new_vecs n ON n.{KEY} = d.{KEY}"
+        store.rows(f"CREATE OR REPLACE TABLE vectors AS SELECT d.{KEY}, d.{HASH}, {located}")
+        store.con.unregister("new_vecs")
+        missing = store.scalar("SELECT count(*) FROM vectors WHERE shard IS NULL")
+        if missing:
+            raise IndexBuildError(f"{missing} rows have no embedding; rerun with --overwrite")
+        groups = store.rows(
+            f"SELECT shard, list(pos ORDER BY pos), list({KEY} ORDER BY pos) FROM vectors GROUP BY shard ORDER BY shard"
+        )
+        self.shard_names = [g[0] for g in groups]
+        self.number = self.paths.next_number()
+        self.staged = self.paths.staging(self.number)
+        self.staged.mkdir()
+        info = _write_flat_index(self.paths.shards, groups, int(model["dimension"]), self.staged / VECTORS_FILE)
+        store.checkpoint()
+        self.timings["index_s"] = time.monotonic() - t0
+        return info
+
+    def _commit(self, index_info: dict[str, Any], model: dict[str, Any], counts: dict[str, int]) -> int:
+        (self.work / DB_NAME).rename(self.staged / DB_NAME)
+        number = self.number
+        manifest = new_manifest(
+            generation=number,
+            previous_generation=self.prev.number if self.prev else None,
+            model=model,
+            settings=self.settings,
+            corpus={
+                "text_column": self.opts.text_column,
+                "id_column": self.opts.id_column,
+                "id_scheme": self.settings["id_scheme"],
+                "columns": self.schema.names,
+            },
+            counts={
+                **counts,
+                "rows_read": self.ingest_stats["rows_read"],
+                "skipped_empty": self.ingest_stats["skipped_empty"],
+            },
+            index=index_info,
+            sources=[s.to_dict() for s in self.sources],
+            shards=self.shard_names,
+            build={
+                "on_empty": self.opts.on_empty,
+                "sync": self.opts.sync,
+                "rebuild": self.opts.rebuild,
+                "batch_size": self.opts.encoder.batch_size,
+                "token_budget": self.opts.encoder.token_budget,
+                "device": self.opts.encoder.device,
+            },
+            timings=self.timings,
+        )
+        write_manifest(self.staged, manifest)
+        self.paths.commit(self.staged, number)
+        remove_tree(self.work)
+        self.paths.prune()
+        _collect_shards(self.paths, keep=set())
+        return number
+
+
+def _rebatch(reader: Any, rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of exactly `rows` rows (the last may be shorter), whatever the reader yields."""
+    buffer: list[pa.RecordBatch] = []
+    held = 0
+    for batch in reader:
+        buffer.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.Table.from_batches(buffer).combine_chunks()
+            yield table.slice(0, rows).to_batches()[0]
+            rest = table.slice(rows)
+            buffer = rest.to_batches() if rest.num_rows else []
+            held = rest.num_rows
+    if held:
+        yield pa.Table.from_batches(buffer).combine_chunks().to_batches()[0]
+
+
+def _collect_shards(paths: IndexPaths, keep: set[str]) -> None:
+    """Delete shard files that no kept generation and no journaled run refers to."""
+    referenced = set(keep)
+    for number in paths.generations():
+        try:
+            referenced.update(read_manifest(paths.generation(number)).get("shards", []))
+        except Exception:
+            continue
+    for file in paths.shards.glob("*.arrow"):
+        if file.name not in referenced:
+            file.unlink(missing_ok=True)
+    for tmp in paths.shards.glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _write_flat_index(shard_dir: Path, groups: list[Any], dim: int, out: Path) -> dict[str, Any]:
+    import faiss
+
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    for shard, positions, keys in groups:
+        _, vectors = read_shard(shard_dir / shard)
+        index.add_with_ids(np.ascontiguousarray(vectors[np.asarray(positions)]), np.asarray(keys, dtype=np.int64))
+    faiss.write_index(index, str(out))
+    return {"type": "Flat", "metric": "inner_product", "ntotal": int(index.ntotal), "dimension": dim}

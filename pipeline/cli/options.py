@@ -1,0 +1,50 @@
+"""Click options shared by several commands."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pipeline.config import DEFAULT_INDEX_DIR
+
+F = Callable[..., Any]
+
+
+def index_dir_option(func: F) -> F:
+    return click.option(
+        "--index-dir",
+        type=click.Path(file_okay=False),
+        default=str(DEFAULT_INDEX_DIR),
+        show_default=True,
+        envvar="BMSEARCH_INDEX_DIR",
+        help="Folder holding the indexes.",
+    )(func)
+
+
+def output_options(func: F) -> F:
+    func = click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary on stderr.")(func)
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(func)
+
+
+def device_option(func: F) -> F:
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Where to run the model.",
+    )(func)
+
+
+def parse_size(text: str | None) -> int | None:
+    """'4G', '512M', '1.5GiB', '1000000' -> bytes."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a size such as 512M or 4G")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
+    return int(float(match.group(1)) * scale)

@@ -1,0 +1,112 @@
+"""`bmsearch query`: nearest neighbours of one query or a file of queries, with metadata."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.cli.options import device_option, index_dir_option
+from pipeline.cli.output import format_table, handle_errors
+
+
+@click.command()
+@click.argument("text", required=False)
+@click.option("--index", "-i", "name", default=None, help="Index name (default: the only index present).")
+@index_dir_option
+@click.option("--top-k", "-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option("--where", default=None, help="SQL condition on metadata columns, applied before the search.")
+@click.option("--columns", default=None, help="Comma-separated metadata columns to show.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "jsonl", "csv", "parquet"]),
+    default=None,
+    help="Output format (default: table for one query, jsonl for --queries).",
+)
+@click.option(
+    "--queries",
+    "queries_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Parquet (text and optional id column) or text file of one query per line.",
+)
+@click.option("--query-column", default="text", show_default=True, help="Text column of a Parquet --queries file.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write --queries results here (.parquet or .jsonl).",
+)
+@click.option("--model", "-m", default=None, help="Model to encode with; must match the index's manifest.")
+@device_option
+@handle_errors
+def query(
+    text: str | None,
+    name: str | None,
+    index_dir: str,
+    top_k: int,
+    where: str | None,
+    columns: str | None,
+    fmt: str | None,
+    queries_file: Path | None,
+    query_column: str,
+    output: Path | None,
+    model: str | None,
+    device: str,
+) -> None:
+    """Search an index for TEXT, or for every query in --queries FILE."""
+    from pipeline.encode import EncoderConfig
+    from pipeline.layout import resolve_name
+    from pipeline.search import Searcher
+
+    if (text is None) == (queries_file is None):
+        raise click.UsageError("give either a query TEXT or --queries FILE")
+    if text is not None and not text.strip():
+        raise click.UsageError("the query text is empty")
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    searcher = Searcher(resolve_name(index_dir, name), model=model, encoder=EncoderConfig(device=device))
+    try:
+        if queries_file is not None:
+            from pipeline.queries import read_queries, run_queries, write_hits
+
+            if fmt is None:
+                fmt = "parquet" if output is not None and output.suffix == ".parquet" else "jsonl"
+            if fmt not in ("jsonl", "parquet"):
+                raise click.UsageError("--queries writes jsonl or parquet")
+            pairs = read_queries(queries_file, query_column)
+            count = write_hits(run_queries(searcher, pairs, top_k, where, cols), output, fmt)
+            if output is not None:
+                click.echo(f"{count} hits for {len(pairs)} queries written to {output}", err=True)
+            return
+        assert text is not None
+        hits = searcher.search([text], top_k, where, cols)[0]
+        _print_hits(hits, fmt or "table")
+    finally:
+        searcher.close()
+
+
+def _print_hits(hits: list[dict], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(hits, default=str, ensure_ascii=False, indent=2))
+    elif fmt == "jsonl":
+        for hit in hits:
+            click.echo(json.dumps(hit, default=str, ensure_ascii=False))
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        if hits:
+            writer = csv.DictWriter(buffer, fieldnames=list(hits[0]))
+            writer.writeheader()
+            writer.writerows(hits)
+        sys.stdout.write(buffer.getvalue())
+    elif fmt == "parquet":
+        raise click.UsageError("--format parquet is for --queries with --output")
+    elif hits:
+        click.echo(format_table(hits, list(hits[0])))
+    else:
+        click.echo("no results", err=True)

@@ -1,0 +1,198 @@
+"""Read Parquet corpora as a stream of record batches with validated text, stable int64 keys and hashes."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import CorpusError
+
+KEY = "_key"
+HASH = "_hash"
+RESERVED = (KEY, HASH)
+KEY_MASK = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One Parquet file of the corpus, with the name its row ids are derived from."""
+
+    path: Path
+    rel: str  # name relative to the argument that found it: stable when the folder moves
+    size: int
+    mtime_ns: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "name": self.rel, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+@dataclass
+class CorpusStats:
+    rows_read: int = 0
+    rows_kept: int = 0
+    skipped_empty: int = 0
+    per_file: dict[str, int] = field(default_factory=dict)
+
+
+def expand_paths(paths: Sequence[str]) -> list[SourceFile]:
+    """Files, directories (searched for *.parquet) and globs, deduplicated, in a stable sorted order."""
+    found: dict[Path, SourceFile] = {}
+    for arg in paths:
+        matches = sorted(glob.glob(arg, recursive=True)) if glob.has_magic(arg) else [arg]
+        if not matches:
+            raise CorpusError(f"no files match {arg}")
+        for match in matches:
+            path = Path(match)
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+                if not files:
+                    raise CorpusError(f"directory {path} holds no .parquet files")
+                pairs = [(f, f.relative_to(path).as_posix()) for f in files]
+            elif path.is_file():
+                pairs = [(path, path.name)]
+            else:
+                raise CorpusError(f"{path} does not exist")
+            for file, rel in pairs:
+                resolved = file.resolve()
+                try:
+                    stat = resolved.stat()
+                except OSError as exc:
+                    raise CorpusError(f"cannot read {file}: {exc.strerror}") from None
+                found.setdefault(resolved, SourceFile(resolved, rel, stat.st_size, stat.st_mtime_ns))
+    if not found:
+        raise CorpusError("no input files given")
+    return sorted(found.values(), key=lambda s: (s.rel, str(s.path)))
+
+
+def _open(source: SourceFile) -> pq.ParquetFile:
+    if not os.access(source.path, os.R_OK):
+        raise CorpusError(f"cannot read {source.path}: permission denied")
+    try:
+        return pq.ParquetFile(source.path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorpusError(f"{source.path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def corpus_schema(sources: Sequence[SourceFile], text_column: str, id_column: str | None) -> pa.Schema:
+    """The unified schema of all files, checked for the text and id columns before any row is read."""
+    schemas = []
+    for source in sources:
+        schema = _open(source).schema_arrow
+        names = schema.names
+        for col in (text_column, id_column):
+            if col and col not in names:
+                raise CorpusError(f"{source.path} has no column {col!r}; its columns are: {', '.join(names)}")
+        if not (
+            pa.types.is_string(schema.field(text_column).type)
+            or pa.types.is_large_string(schema.field(text_column).type)
+        ):
+            raise CorpusError(
+                f"text column {text_column!r} in {source.path} is {schema.field(text_column).type}, not a string"
+            )
+        if id_column:
+            id_type = schema.field(id_column).type
+            if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+                raise CorpusError(
+                    f"id column {id_column!r} in {source.path} is {id_type}; ids must be integers or strings"
+                )
+        clash = [n for n in names if n in RESERVED]
+        if clash:
+            raise CorpusError(f"{source.path} has columns reserved by bmsearch: {', '.join(clash)}")
+        schemas.append(schema)
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise CorpusError(f"the input files' schemas conflict: {str(exc).splitlines()[0]}") from None
+
+
+def hash64(values: Sequence[str]) -> np.ndarray:
+    """Stable non-negative 63-bit hashes (blake2b) of strings."""
+    out = np.empty(len(values), dtype=np.int64)
+    for i, value in enumerate(values):
+        digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little") & KEY_MASK
+    return out
+
+
+def id_scheme(id_column: str | None, id_type: pa.DataType | None) -> str:
+    if id_column is None:
+        return "blake2b-63 of '<file name relative to its input argument>#<row number in file>'"
+    if id_type is not None and pa.types.is_integer(id_type):
+        return f"integer column {id_column!r} used as is"
+    return f"blake2b-63 of string column {id_column!r}"
+
+
+def _keys(batch: pa.RecordBatch, source: SourceFile, first_row: int, id_column: str | None) -> np.ndarray:
+    if id_column is None:
+        return hash64([f"{source.rel}#{first_row + i}" for i in range(batch.num_rows)])
+    ids = batch.column(id_column)
+    if ids.null_count:
+        raise CorpusError(f"id column {id_column!r} has null ids in {source.path}")
+    if pa.types.is_integer(ids.type):
+        keys = ids.to_numpy(zero_copy_only=False)
+        if len(keys) and (keys.min() < 0 or (keys.dtype == np.uint64 and keys.max() > KEY_MASK)):
+            raise CorpusError(f"id column {id_column!r} in {source.path} has ids outside 0..2^63-1")
+        return keys.astype(np.int64)
+    return hash64(ids.to_pylist())
+
+
+def read_batches(
+    sources: Sequence[SourceFile],
+    schema: pa.Schema,
+    text_column: str,
+    id_column: str | None,
+    on_empty: str = "skip",
+    batch_rows: int = 8192,
+    stats: CorpusStats | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of the corpus with `_key` and `_hash` columns; null or blank texts skipped and counted."""
+    stats = stats if stats is not None else CorpusStats()
+    out_schema = schema.append(pa.field(KEY, pa.int64())).append(pa.field(HASH, pa.int64()))
+    for source in sources:
+        row = 0
+        try:
+            batches = _open(source).iter_batches(batch_size=batch_rows)
+            for batch in batches:
+                texts = batch.column(text_column)
+                keys = _keys(batch, source, row, id_column)
+                blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(texts), ""), True)
+                n_blank = pc.sum(blank).as_py() or 0
+                if n_blank and on_empty == "error":
+                    first = row + int(np.flatnonzero(blank.to_numpy(zero_copy_only=False))[0])
+                    raise CorpusError(
+                        f"{source.path} row {first} has a null or empty text (--on-empty skip skips such rows)"
+                    )
+                stats.rows_read += batch.num_rows
+                stats.skipped_empty += n_blank
+                row += batch.num_rows
+                if n_blank:
+                    keep = pc.invert(blank)
+                    batch = batch.filter(keep)
+                    keys = keys[keep.to_numpy(zero_copy_only=False)]
+                if batch.num_rows == 0:
+                    continue
+                hashes = hash64(batch.column(text_column).to_pylist())
+                columns = [_conform(batch, f) for f in schema] + [pa.array(keys), pa.array(hashes)]
+                stats.rows_kept += batch.num_rows
+                stats.per_file[source.rel] = stats.per_file.get(source.rel, 0) + batch.num_rows
+                yield pa.RecordBatch.from_arrays(columns, schema=out_schema)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CorpusError(f"error reading {source.path} at row {row}: {str(exc).splitlines()[0]}") from None
+
+
+def _conform(batch: pa.RecordBatch, f: pa.Field) -> pa.Array:
+    index = batch.schema.get_field_index(f.name)
+    if index < 0:
+        return pa.nulls(batch.num_rows, f.type)
+    column = batch.column(index)
+    return column if column.type == f.type else column.cast(f.type)

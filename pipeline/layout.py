@@ -1,0 +1,128 @@
+"""Where an index lives on disk: generations, the CURRENT pointer, shards, the work area and clean-up."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import IndexCorruptError, IndexNotFoundError, UsageError
+from pipeline.fsutil import atomic_write_bytes, fsync_dir, fsync_tree, remove_tree
+
+GEN_RE = re.compile(r"^gen-(\d{6})$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+KEEP_GENERATIONS = 2  # the live one and the one before it, which a reader may still hold
+
+
+@dataclass(frozen=True)
+class IndexPaths:
+    """The paths of one named index below an index directory."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, index_dir: Path | str, name: str) -> IndexPaths:
+        if not NAME_RE.match(name):
+            raise UsageError(f"invalid index name {name!r}: use letters, digits, '.', '_' and '-'")
+        return cls(Path(index_dir) / name)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def current_file(self) -> Path:
+        return self.root / "CURRENT"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "LOCK"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    def generation(self, number: int) -> Path:
+        return self.root / f"gen-{number:06d}"
+
+    def generations(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        found = (GEN_RE.match(p.name) for p in self.root.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def current(self) -> int | None:
+        """The live generation's number, or None for an index never committed."""
+        try:
+            text = self.current_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        match = GEN_RE.match(text)
+        if not match or not (self.root / text).is_dir():
+            raise IndexCorruptError(f"{self.current_file} points to {text!r}, which is not a complete generation")
+        return int(match.group(1))
+
+    def require_current(self) -> Path:
+        if not self.root.is_dir():
+            raise IndexNotFoundError(f"no index named {self.name!r} in {self.root.parent}")
+        number = self.current()
+        if number is None:
+            raise IndexNotFoundError(
+                f"index {self.name!r} has no complete generation yet (was its first build interrupted?)"
+            )
+        return self.generation(number)
+
+    def staging(self, number: int) -> Path:
+        return self.root / f".gen-{number:06d}.tmp"
+
+    def next_number(self) -> int:
+        staged = [int(m.group(1)) for p in self.root.glob(".gen-*.tmp") if (m := re.search(r"(\d{6})", p.name))]
+        return max([0, *self.generations(), *staged]) + 1
+
+    def commit(self, staged: Path, number: int) -> Path:
+        """Make a fully written staging folder the live generation: fsync, rename, then switch CURRENT."""
+        final = self.generation(number)
+        fsync_tree(staged)
+        staged.rename(final)
+        fsync_dir(self.root)
+        atomic_write_bytes(self.current_file, f"{final.name}\n".encode())
+        return final
+
+    def prune(self) -> list[Path]:
+        """Remove generations older than the ones kept, and staging folders left by crashed runs."""
+        removed: list[Path] = []
+        current = self.current()
+        keep = {n for n in self.generations() if current is not None and n <= current}
+        keep = set(sorted(keep)[-KEEP_GENERATIONS:])
+        for number in self.generations():
+            if number not in keep:
+                remove_tree(self.generation(number))
+                removed.append(self.generation(number))
+        for staged in self.root.glob(".gen-*.tmp"):
+            remove_tree(staged)
+            removed.append(staged)
+        return removed
+
+
+def list_indexes(index_dir: Path | str) -> list[IndexPaths]:
+    base = Path(index_dir)
+    if not base.is_dir():
+        return []
+    return [IndexPaths(p) for p in sorted(base.iterdir()) if p.is_dir() and (p / "CURRENT").exists()]
+
+
+def resolve_name(index_dir: Path | str, name: str | None) -> IndexPaths:
+    """The named index, or the only one present when no name is given."""
+    if name:
+        return IndexPaths.of(index_dir, name)
+    found = list_indexes(index_dir)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise IndexNotFoundError(f"no index in {index_dir}; build one with `bmsearch index`")
+    names = ", ".join(p.name for p in found)
+    raise UsageError(f"several indexes in {index_dir} ({names}); choose one with --index")

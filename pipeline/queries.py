@@ -1,0 +1,80 @@
+"""Batch queries: read a query file, search in batches, write one row per hit to Parquet or JSON lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import CorpusError, UsageError
+from pipeline.fsutil import atomic_open
+from pipeline.search import Searcher
+
+
+def read_queries(path: Path, text_column: str = "text", id_column: str | None = None) -> list[tuple[Any, str]]:
+    """(query id, text) pairs from Parquet (text and optional id column) or a text file, one query per line."""
+    if not path.exists():
+        raise CorpusError(f"query file {path} does not exist")
+    if path.suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CorpusError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        if text_column not in table.column_names:
+            raise CorpusError(f"{path} has no column {text_column!r}; its columns are: {', '.join(table.column_names)}")
+        texts = table.column(text_column).to_pylist()
+        if id_column is None and "id" in table.column_names:
+            id_column = "id"
+        ids = table.column(id_column).to_pylist() if id_column else list(range(len(texts)))
+    else:
+        texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        ids = list(range(len(texts)))
+    pairs = [(qid, text) for qid, text in zip(ids, texts, strict=True) if text and text.strip()]
+    if not pairs:
+        raise CorpusError(f"{path} holds no non-empty queries")
+    return pairs
+
+
+def run_queries(
+    searcher: Searcher,
+    queries: list[tuple[Any, str]],
+    k: int,
+    where: str | None,
+    columns: list[str] | None,
+    batch: int = 256,
+) -> Iterator[dict[str, Any]]:
+    """One dict per hit: query_id, rank, score, id and metadata; queries encoded `batch` at a time."""
+    for start in range(0, len(queries), batch):
+        chunk = queries[start : start + batch]
+        results = searcher.search([text for _, text in chunk], k, where, columns)
+        for (qid, _), hits in zip(chunk, results, strict=True):
+            for hit in hits:
+                yield {"query_id": qid, **hit}
+
+
+def write_hits(rows: Iterator[dict[str, Any]], output: Path | None, fmt: str) -> int:
+    """Write hits as parquet or jsonl (atomically to a file, or jsonl to stdout); returns the count."""
+    if fmt == "parquet":
+        if output is None:
+            raise UsageError("--format parquet needs --output FILE")
+        table = pa.Table.from_pylist(list(rows))
+        with atomic_open(output) as fh:
+            pq.write_table(table, fh)
+        return table.num_rows
+    count = 0
+    if output is None:
+        import click
+
+        for row in rows:
+            click.echo(json.dumps(row, default=str, ensure_ascii=False))
+            count += 1
+        return count
+    with atomic_open(output) as fh:
+        for row in rows:
+            fh.write((json.dumps(row, default=str, ensure_ascii=False) + "\n").encode())
+            count += 1
+    return count

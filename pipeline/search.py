@@ -1,0 +1,178 @@
+"""Query an index: encode with the manifest's model, pre-filter in DuckDB, search FAISS, join metadata."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.corpus import HASH, KEY
+from pipeline.encode import EncoderConfig
+from pipeline.errors import IndexCorruptError, ModelError
+from pipeline.layout import IndexPaths
+from pipeline.manifest import check_model, read_manifest
+from pipeline.model import ModelRef, resolve_model
+from pipeline.store import DB_NAME, Store
+
+log = logging.getLogger(__name__)
+VECTORS_FILE = "vectors.faiss"
+HIDDEN_COLUMNS = (KEY, HASH)
+
+
+@dataclass
+class Generation:
+    """One opened, immutable generation: manifest, vector index and metadata store."""
+
+    number: int
+    path: Path
+    manifest: dict[str, Any]
+    index: Any
+    store: Store
+
+    @classmethod
+    def open(cls, paths: IndexPaths) -> Generation:
+        import faiss
+
+        path = paths.require_current()
+        manifest = read_manifest(path)
+        file = path / VECTORS_FILE
+        if not file.exists():
+            raise IndexCorruptError(f"vector index {file} is missing; rebuild the index with --overwrite")
+        try:
+            index = faiss.read_index(str(file))
+        except RuntimeError as exc:
+            raise IndexCorruptError(
+                f"vector index {file} is corrupt ({str(exc).splitlines()[0][:120]}); rebuild the index with --overwrite"
+            ) from None
+        if index.ntotal != manifest["counts"]["rows"]:
+            raise IndexCorruptError(
+                f"vector index {file} holds {index.ntotal} vectors, the manifest says "
+                f"{manifest['counts']['rows']}; rebuild the index with --overwrite"
+            )
+        store = Store(path / DB_NAME, read_only=True)
+        return cls(int(path.name[4:]), path, manifest, index, store)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class Searcher:
+    """Answers queries against the live generation of one index; safe to share between threads."""
+
+    def __init__(self, paths: IndexPaths, model: str | None = None, encoder: EncoderConfig | None = None) -> None:
+        self.paths = paths
+        self.model_arg = model
+        self.encoder_config = encoder or EncoderConfig()
+        self.generation = Generation.open(paths)
+        self._encoder: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.generation.manifest
+
+    @property
+    def encoder(self) -> Any:
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = self._load_encoder()
+            return self._encoder
+
+    def _load_encoder(self) -> Any:
+        from pipeline.encode import Encoder
+
+        recorded = self.manifest["model"]
+        ref = resolve_model(self.model_arg) if self.model_arg else _recorded_ref(recorded)
+        if ref.fingerprint != (recorded.get("revision") or recorded.get("content_hash")):
+            raise ModelError(
+                f"index {self.paths.name!r} was built with model {recorded['name']}; "
+                f"{ref.name} has other weights and cannot query it"
+            )
+        config = replace(self.encoder_config, max_seq_length=recorded["max_seq_length"], backend=recorded["backend"])
+        encoder = Encoder(ref, config)
+        check_model(recorded, encoder.identity, self.paths.name)
+        return encoder
+
+    def reload_if_changed(self) -> bool:
+        """Switch to a newer committed generation if there is one; the old stays usable until dropped."""
+        number = self.paths.current()
+        if number is None or number == self.generation.number:
+            return False
+        self.generation = Generation.open(self.paths)
+        return True
+
+    def columns(self) -> list[str]:
+        return [c for c in self.generation.store.columns() if c not in HIDDEN_COLUMNS]
+
+    def search(
+        self, queries: Sequence[str], k: int = 10, where: str | None = None, columns: Sequence[str] | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Hits for each query, best first: rank, score, id and the chosen metadata columns."""
+        vectors = self.encoder.encode(list(queries))
+        return self.search_vectors(vectors, k, where, columns)
+
+    def search_vectors(
+        self, vectors: np.ndarray, k: int = 10, where: str | None = None, columns: Sequence[str] | None = None
+    ) -> list[list[dict[str, Any]]]:
+        gen = self.generation
+        allowed = gen.store.filter_keys(where) if where else None
+        scores, keys = _faiss_search(gen.index, vectors, k, allowed)
+        shown = self._shown_columns(columns)
+        id_column = gen.manifest["corpus"]["id_column"]
+        flat_keys = [int(key) for row in keys for key in row if key >= 0]
+        fetched = [KEY, *shown] + ([id_column] if id_column and id_column not in shown else [])
+        rows = iter(gen.store.fetch(flat_keys, fetched))
+        results = []
+        for row_scores, row_keys in zip(scores, keys, strict=True):
+            hits = []
+            for rank, (score, key) in enumerate(zip(row_scores, row_keys, strict=True), start=1):
+                if key < 0:
+                    continue
+                meta = next(rows)
+                hit = {"rank": rank, "score": float(score), "id": meta.get(id_column) if id_column else int(key)}
+                hit.update({c: meta.get(c) for c in shown if c != id_column})
+                hits.append(hit)
+            results.append(hits)
+        return results
+
+    def _shown_columns(self, columns: Sequence[str] | None) -> list[str]:
+        available = self.columns()
+        if not columns:
+            return available
+        unknown = [c for c in columns if c not in available]
+        if unknown:
+            from pipeline.errors import UsageError
+
+            raise UsageError(f"unknown column(s) {', '.join(unknown)}; the index has: {', '.join(available)}")
+        return list(columns)
+
+    def close(self) -> None:
+        self.generation.close()
+
+
+def _recorded_ref(recorded: dict[str, Any]) -> ModelRef:
+    if recorded.get("source") == "local":
+        path = Path(recorded["path"])
+        if not path.is_dir():
+            raise ModelError(f"the index's model directory {path} no longer exists; pass --model PATH to a copy of it")
+        return resolve_model(str(path))
+    return resolve_model(recorded["name"], recorded.get("revision"))
+
+
+def _faiss_search(index: Any, vectors: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if allowed is None:
+        return index.search(vectors, k)
+    if len(allowed) == 0:
+        return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
+    selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+    params = faiss.SearchParameters()
+    params.sel = selector
+    return index.search(vectors, k, params=params)
