@@ -110,18 +110,39 @@ class Searcher:
         return [c for c in self.generation.store.columns() if c not in HIDDEN_COLUMNS]
 
     def search(
-        self, queries: Sequence[str], k: int = 10, where: str | None = None, columns: Sequence[str] | None = None
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        params: Sequence[Any] | None = None,
     ) -> list[list[dict[str, Any]]]:
-        """Hits for each query, best first: rank, score, id and the chosen metadata columns."""
+        """Hits for each query, best first: rank, score, id and the chosen metadata columns.
+
+        `where` is an SQL condition on metadata columns, evaluated in DuckDB before the vector search;
+        `params` binds its `?` placeholders.
+        """
         vectors = self.encoder.encode(list(queries))
-        return self.search_vectors(vectors, k, where, columns)
+        return self.search_vectors(vectors, k, where, columns, params)
 
     def search_vectors(
-        self, vectors: np.ndarray, k: int = 10, where: str | None = None, columns: Sequence[str] | None = None
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        params: Sequence[Any] | None = None,
     ) -> list[list[dict[str, Any]]]:
+        """As `search`, for query vectors already encoded."""
         gen = self.generation
-        allowed = gen.store.filter_keys(where) if where else None
+        allowed = gen.store.filter_keys(where, params) if where else None
         scores, keys = _faiss_search(gen.index, vectors, k, allowed)
+        return self.hits(gen, scores, keys, columns)
+
+    def hits(
+        self, gen: Generation, scores: np.ndarray, keys: np.ndarray, columns: Sequence[str] | None
+    ) -> list[list[dict[str, Any]]]:
+        """Join ranked (score, key) rows to their metadata in one DuckDB query, keeping the order."""
         shown = self._shown_columns(columns)
         id_column = gen.manifest["corpus"]["id_column"]
         flat_keys = [int(key) for row in keys for key in row if key >= 0]

@@ -90,19 +90,23 @@ class Store:
         self.rows("CHECKPOINT")
 
     # --- reading -------------------------------------------------------------------------------
-    def filter_keys(self, where: str) -> np.ndarray:
-        """Keys of the rows matching a user's SQL condition, evaluated on a read-only connection."""
+    def filter_keys(self, where: str, params: Sequence[Any] | None = None) -> np.ndarray:
+        """Keys of the rows matching an SQL condition (with `?` parameters), on a read-only connection."""
         import duckdb
 
         sql = f"SELECT {KEY} FROM docs WHERE ({where})"
         try:
             cursor = self.con.cursor()
             if len(cursor.extract_statements(sql)) != 1:
-                raise FilterError("--where takes a single SQL condition")
-            table = arrow_table(cursor.sql(sql))
+                raise FilterError("a filter is a single SQL condition")
+            table = arrow_table(cursor.sql(sql, params=list(params) if params else None))
         except duckdb.Error as exc:
-            raise FilterError(f"invalid --where condition: {str(exc).splitlines()[0]}") from None
+            raise FilterError(f"invalid filter: {str(exc).splitlines()[0]}") from None
         return np.asarray(table.column(0).to_numpy(), dtype=np.int64)
+
+    def column_types(self) -> dict[str, str]:
+        """DuckDB type names of the docs columns, for validating structured filters."""
+        return {r[0]: r[1] for r in self.rows("SELECT column_name, column_type FROM (DESCRIBE docs)")}
 
     def fetch(self, keys: Sequence[int], columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Rows for keys, in the order of keys (missing keys give empty dicts)."""
