@@ -134,7 +134,8 @@ class Encoder:
         self.max_seq_length = int(self.st.max_seq_length or 512)
         self.tokenizer = self.st.tokenizer
         # sentence-transformers 6 renamed the method; the old name warns.
-        get_dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
+        st = self.st
+        get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
         self.dim = int(get_dim() or 0)
         self.transformer = self.st[0].auto_model
         cores = available_cores()
