@@ -1,0 +1,131 @@
+"""ONNX backends: fp32 and int8 agreement with sentence-transformers, cache location, atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import onnx_backend
+from pipeline.encode import Encoder, EncoderConfig
+from pipeline.model import resolve_model
+from tests.conftest import sample_texts
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bmsearch-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BMSEARCH_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return [*sample_texts(120, seed=11), "", "dog"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path, texts: list[str]) -> np.ndarray:
+    from pipeline.model import load_sentence_transformer
+
+    st = load_sentence_transformer(resolve_model(str(tiny_model)), "cpu")
+    return np.asarray(st.encode(texts, normalize_embeddings=True, convert_to_numpy=True))
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_onnx_fp32_matches_sentence_transformers(
+    tiny_model: Path, cache: Path, texts: list[str], reference: np.ndarray
+) -> None:
+    ref = resolve_model(str(tiny_model))
+    encoder = Encoder(ref, EncoderConfig(device="cpu", backend="onnx"))
+    assert encoder.identity["backend"] == "onnx"
+    ours = encoder.encode(texts)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    assert _cos(ours, reference).min() >= 0.9999
+    chunks = list(encoder.encode_chunks([texts[:50], texts[50:]]))
+    assert np.allclose(np.concatenate(chunks), ours, atol=1e-5)
+    # Cached under BMSEARCH_CACHE by the weights' hash, with no temp files left behind.
+    exported = onnx_backend.cache_dir(ref) / "model-fp32.onnx"
+    assert exported.is_file() and exported.is_relative_to(cache / "onnx")
+    assert ref.content_hash and ref.content_hash in exported.parent.name
+    assert not [p for p in exported.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_int8_agreement_bound(tiny_model: Path, texts: list[str], reference: np.ndarray) -> None:
+    encoder = Encoder(resolve_model(str(tiny_model)), EncoderConfig(device="cpu", backend="onnx-int8"))
+    assert encoder.identity["backend"] == "onnx-int8"
+    assert encoder.int8_check is not None
+    cos = _cos(encoder.encode(texts), reference)
+    # Random tiny weights quantise worse than a trained model (MiniLM: mean 0.993); still close.
+    assert cos.mean() >= 0.98
+    assert cos.min() >= 0.9
+    assert (onnx_backend.cache_dir(encoder.ref) / "model-int8-perchannel.onnx").is_file()
+
+
+def test_cache_hit_skips_export(tiny_model: Path, monkeypatch: pytest.MonkeyPatch, texts: list[str]) -> None:
+    ref = resolve_model(str(tiny_model))
+    first = Encoder(ref, EncoderConfig(device="cpu", backend="onnx")).encode(texts[:10])
+    import torch
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("exported again despite a cached model")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    again = Encoder(ref, EncoderConfig(device="cpu", backend="onnx")).encode(texts[:10])
+    assert np.array_equal(first, again)
+
+
+def test_auto_falls_back_to_fp32_when_int8_check_fails(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, texts: list[str]
+) -> None:
+    monkeypatch.setattr(onnx_backend, "INT8_MIN_MEAN_COSINE", 1.01)
+    monkeypatch.setattr("pipeline.encode.CPU_DEFAULT_BACKEND", "onnx-int8")
+    encoder = Encoder(resolve_model(str(tiny_model)), EncoderConfig(device="cpu", backend="auto"))
+    assert encoder.backend == encoder.identity["backend"] == "onnx"
+    explicit = Encoder(resolve_model(str(tiny_model)), EncoderConfig(device="cpu", backend="onnx-int8"))
+    assert explicit.identity["backend"] == "onnx-int8"
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "model.onnx"
+    with pytest.raises(RuntimeError), onnx_backend._atomic_target(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("crash mid-write")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+    with onnx_backend._atomic_target(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert [p.name for p in target.parent.iterdir()] == ["model.onnx"]
+
+
+def test_cache_root_default_and_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BMSEARCH_CACHE", str(tmp_path))
+    assert onnx_backend.cache_root() == tmp_path / "onnx"
+    monkeypatch.delenv("BMSEARCH_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert onnx_backend.cache_root() == tmp_path / "home" / ".cache" / "bmsearch" / "onnx"
+
+
+@pytest.mark.slow
+def test_minilm_int8_agreement(minilm_path: Path, shared_data: Path) -> None:
+    from pipeline.bench_encode import sts_sentences
+    from pipeline.model import load_sentence_transformer
+
+    texts = sts_sentences(shared_data, 1000)
+    ref = resolve_model(str(minilm_path))
+    reference = load_sentence_transformer(ref, "cpu").encode(texts, normalize_embeddings=True)
+    fp32 = Encoder(ref, EncoderConfig(device="cpu", backend="onnx")).encode(texts)
+    assert _cos(fp32, reference).min() >= 0.9999
+    int8 = Encoder(ref, EncoderConfig(device="cpu", backend="onnx-int8")).encode(texts)
+    assert _cos(int8, reference).mean() >= 0.99
