@@ -303,6 +303,30 @@ def _faiss_params(index: faiss.Index, params: SearchParams, sel: Any = None) -> 
 # ---------------------------------------------------------------- search
 
 
+class IdFilter:
+    """A FAISS id selector built once from allowed ids and reusable across searches.
+
+    Dense non-negative ids get a bitmap (cheap to build, fast to test); others a hashed batch.
+    """
+
+    def __init__(self, allowed_ids: np.ndarray) -> None:
+        faiss = _faiss()
+        ids = np.asarray(allowed_ids, dtype=np.int64).reshape(-1)
+        if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            ids = np.unique(ids)
+        self.ids = ids
+        self.size = int(ids.size)
+        self._bitmap: np.ndarray | None = None
+        if self.size and ids[0] >= 0 and ids[-1] < max(1 << 23, 64 * self.size):
+            mask = np.zeros(int(ids[-1]) + 1, dtype=bool)
+            mask[ids] = True
+            self._bitmap = np.packbits(mask, bitorder="little")
+            self.selector = faiss.IDSelectorBitmap(self._bitmap.size, faiss.swig_ptr(self._bitmap))
+        else:
+            self.selector = faiss.IDSelectorBatch(ids)
+
+
+
 def _rows(scores: np.ndarray, ids: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     keep = ids >= 0
     return [s[m] for s, m in zip(scores, keep, strict=True)], [i[m] for i, m in zip(ids, keep, strict=True)]
@@ -318,16 +342,15 @@ def search(
     queries: np.ndarray,
     k: int,
     params: SearchParams | dict[str, Any] | None = None,
-    allowed_ids: np.ndarray | None = None,
+    allowed_ids: np.ndarray | IdFilter | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Top-k (scores, ids) per query row, -1 padding removed; with allowed_ids only those ids are returned.
+    """Top-k (scores, ids) per query row, -1 padding removed; with allowed_ids only those ids are returned
+    (pass an IdFilter to reuse one filter across calls).
 
     A filtered search returns min(k, number of allowed ids in the index) results per row: IVF scales
     nprobe by 1/selectivity and raises it (up to all lists) for rows that came back short; HNSW scales
     efSearch, and scores selective filters (and short rows) exactly over its stored vectors.
     """
-    faiss = _faiss()
-
     q = _as_queries(queries)
     if isinstance(params, dict) or params is None:
         params = SearchParams.from_dict(params) if isinstance(params, dict) else current_search_params(index)
@@ -338,12 +361,12 @@ def search(
     if allowed_ids is None:
         scores, ids = index.search(q, k, params=_faiss_params(index, params))
         return _rows(scores, ids)
-    allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64))
-    if allowed.size == 0:
+    filt = allowed_ids if isinstance(allowed_ids, IdFilter) else IdFilter(allowed_ids)
+    if filt.size == 0:
         return [np.empty(0, np.float32)] * q.shape[0], [np.empty(0, np.int64)] * q.shape[0]
-    want = min(k, allowed.size)
-    sel = faiss.IDSelectorBatch(allowed)
-    frac = allowed.size / index.ntotal
+    want = min(k, filt.size)
+    sel = filt.selector
+    frac = min(1.0, filt.size / index.ntotal)
     ivf = _ivf(index)
     hnsw = _hnsw(index)
     if ivf is not None:

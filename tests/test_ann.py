@@ -198,6 +198,20 @@ def test_selective_filter_returns_k_allowed(factory: str, data: tuple, ivf: tupl
         assert all(np.all(np.diff(s) <= 1e-6) for s in scores)
 
 
+def test_id_filter_bitmap_and_batch_agree(ivf: tuple, data: tuple) -> None:
+    index, _ = ivf
+    ids, x = data
+    allowed = ids[::37]
+    dense = ann.IdFilter(allowed)
+    sparse = ann.IdFilter(allowed * 1_000_003)  # too spread out for a bitmap
+    assert dense._bitmap is not None and sparse._bitmap is None
+    assert sparse.selector.is_member(int(allowed[3] * 1_000_003)) and not sparse.selector.is_member(5)
+    _, a = ann.search(index, x[:10], 10, allowed_ids=dense)
+    _, b = ann.search(index, x[:10], 10, allowed_ids=allowed[::-1].copy())
+    assert all(np.array_equal(r, t) for r, t in zip(a, b, strict=True))
+    assert all(np.isin(r, allowed).all() and len(r) == 10 for r in a)
+
+
 def test_filter_with_fewer_matches_than_k(ivf: tuple, data: tuple) -> None:
     index, _ = ivf
     ids, x = data
