@@ -1,0 +1,112 @@
+"""Fuse ranked lists from several search modes: weighted reciprocal rank fusion or normalised score sums."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.errors import UsageError
+
+METHODS = ("rrf", "minmax", "zscore")
+
+
+def _default_weights() -> dict[str, float]:
+    # Measured on MS MARCO, DBpedia-entity and an exact-token set (docs/quality.md, "Retrieval").
+    return {"dense": 1.0, "lexical": 0.3}
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How hybrid search merges the modes' lists; `depth` is how many candidates each mode contributes."""
+
+    method: str = "rrf"
+    weights: Mapping[str, float] = field(default_factory=_default_weights)
+    rrf_k: float = 60.0
+    depth: int = 100
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown fusion method {self.method!r}: use {', '.join(METHODS)}")
+        if self.rrf_k < 0:
+            raise UsageError("the RRF constant must be >= 0")
+        if any(w < 0 for w in self.weights.values()):
+            raise UsageError("fusion weights must be >= 0")
+
+
+def fuse(
+    lists: Sequence[tuple[np.ndarray, np.ndarray]],
+    k: int,
+    method: str = "rrf",
+    weights: Sequence[float] | None = None,
+    rrf_k: float = 60.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse ranked (scores (n, d), keys (n, d)) lists, best first, keys < 0 being padding.
+
+    rrf: sum over lists of weight / (rrf_k + rank), rank counted from 1 among each list's real hits.
+    minmax / zscore: sum of weight * the list's scores scaled to [0, 1] / standardised; a key missing from a
+    list gets that list's lowest scaled score. Returns (scores (n, k) float32, keys (n, k) int64 padded -1);
+    ties go to the smaller key.
+    """
+    if method not in METHODS:
+        raise UsageError(f"unknown fusion method {method!r}: use {', '.join(METHODS)}")
+    if not lists:
+        raise UsageError("nothing to fuse")
+    weights = [1.0] * len(lists) if weights is None else list(weights)
+    if len(weights) != len(lists):
+        raise UsageError(f"{len(weights)} weights for {len(lists)} ranked lists")
+    n = len(lists[0][1])
+    if any(len(keys) != n or np.shape(scores) != np.shape(keys) for scores, keys in lists):
+        raise UsageError("ranked lists to fuse must have the same number of queries and matching shapes")
+    out_scores = np.zeros((n, k), np.float32)
+    out_keys = np.full((n, k), -1, np.int64)
+    for i in range(n):
+        rows = []
+        for (scores, keys), weight in zip(lists, weights, strict=True):
+            valid = np.asarray(keys[i]) >= 0
+            row_keys = np.asarray(keys[i], dtype=np.int64)[valid]
+            if weight == 0 or len(row_keys) == 0:
+                continue
+            values, floor = _contributions(np.asarray(scores[i], dtype=np.float64)[valid], method, rrf_k)
+            rows.append((row_keys, weight * values, weight * floor))
+        if not rows:
+            continue
+        uniq, inverse = np.unique(np.concatenate([r[0] for r in rows]), return_inverse=True)
+        fused = np.full(len(uniq), sum(r[2] for r in rows), np.float64)
+        start = 0
+        for row_keys, values, floor in rows:
+            np.add.at(fused, inverse[start : start + len(row_keys)], values - floor)
+            start += len(row_keys)
+        order = np.lexsort((uniq, -fused))[:k]
+        out_scores[i, : len(order)] = fused[order]
+        out_keys[i, : len(order)] = uniq[order]
+    return out_scores, out_keys
+
+
+def _contributions(scores: np.ndarray, method: str, rrf_k: float) -> tuple[np.ndarray, float]:
+    """Each hit's contribution and what a key absent from the list gets."""
+    if method == "rrf":
+        return 1.0 / (rrf_k + np.arange(1, len(scores) + 1)), 0.0
+    if method == "minmax":
+        low, high = scores.min(), scores.max()
+        scaled = (scores - low) / (high - low) if high > low else np.ones_like(scores)
+        return scaled, 0.0
+    std = scores.std()
+    z = (scores - scores.mean()) / std if std > 0 else np.zeros_like(scores)
+    return z, float(z.min())
+
+
+def fuse_modes(
+    results: Mapping[str, tuple[np.ndarray, np.ndarray]], k: int, config: FusionConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse the (scores, keys) of named modes with the config's per-mode weights (1.0 for modes it omits)."""
+    config = config or FusionConfig()
+    names = list(results)
+    return fuse(
+        [results[m] for m in names],
+        k,
+        method=config.method,
+        weights=[float(config.weights.get(m, 1.0)) for m in names],
+        rrf_k=config.rrf_k,
+    )
