@@ -44,6 +44,13 @@ from pipeline.model import DEFAULT_MODEL
 @click.option("--overwrite", is_flag=True, help="Replace an existing index, re-encoding everything.")
 @click.option("--rebuild", is_flag=True, help="Rebuild the vector index from stored embeddings (nothing re-encoded).")
 @click.option("--sync", is_flag=True, help="Remove ids that are no longer in the sources.")
+@click.option(
+    "--shard-rows",
+    type=click.IntRange(1),
+    default=16_384,
+    show_default=True,
+    help="Rows per embedding shard: the unit a resumed run picks up from.",
+)
 @output_options
 @handle_errors
 def index(
@@ -63,6 +70,7 @@ def index(
     overwrite: bool,
     rebuild: bool,
     sync: bool,
+    shard_rows: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -89,6 +97,7 @@ def index(
         overwrite=overwrite,
         rebuild=rebuild,
         sync=sync,
+        shard_rows=shard_rows,
         encoder=EncoderConfig(
             device=device,
             max_seq_length=max_seq_length,
