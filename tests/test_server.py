@@ -1,0 +1,449 @@
+"""`bmsearch serve` app: search, filters, auth, health/indexes/metrics, OpenAPI, bad requests, fuzzing,
+micro-batching and hot reload, against small indexes built with the tiny model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.build import build_index
+from pipeline.config import BuildOptions
+from pipeline.encode import EncoderConfig
+from pipeline.layout import IndexPaths
+from pipeline.search import Searcher
+from tests.conftest import sample_texts
+from tests.helpers import write_parquet
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from pipeline.server import ServerConfig, create_app  # noqa: E402
+
+N_ROWS = 60
+KEY = "s3cret-key"
+
+
+def corpus_rows(n: int, start: int = 0, seed: int = 0) -> list[dict[str, Any]]:
+    texts = sample_texts(n, seed=seed)
+    return [
+        {
+            "id": f"d{i}",
+            "text": texts[i - start],
+            "year": 2000 + i % 10,
+            "rating": i / 4,
+            "genre": ["drama", "comedy", "horror"][i % 3],
+            "tags": ["a", "b"] if i % 4 == 0 else ["c"],
+            "flag": i % 2 == 0,
+            "day": dt.date(2020, 1, 1) + dt.timedelta(days=i),
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def build(model: Path, index_dir: Path, name: str, rows: list[dict[str, Any]], source: Path) -> None:
+    write_parquet(source, rows)
+    build_index(
+        BuildOptions(
+            sources=[str(source)],
+            name=name,
+            index_dir=index_dir,
+            model=str(model),
+            id_column="id",
+            encoder=EncoderConfig(backend="torch"),
+        )
+    )
+
+
+def wait_ready(client: TestClient, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/health').json()}")
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict[str, Any]]:
+    return corpus_rows(N_ROWS)
+
+
+@pytest.fixture(scope="module")
+def index_dir(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory, rows: list[dict[str, Any]]) -> Path:
+    base = tmp_path_factory.mktemp("serve")
+    build(tiny_model, base / "indexes", "docs", rows, base / "docs.parquet")
+    return base / "indexes"
+
+
+@pytest.fixture(scope="module")
+def client(index_dir: Path) -> Iterator[TestClient]:
+    # A long wait window so that concurrent requests in the batching test surely meet in one batch.
+    app = create_app(ServerConfig(index_dir=index_dir, max_wait_ms=50, reload_interval_s=0))
+    with TestClient(app) as c:
+        wait_ready(c)
+        yield c
+
+
+def search(client: TestClient, **body: Any) -> dict[str, Any]:
+    response = client.post("/search", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# --- happy paths ----------------------------------------------------------------------------------
+
+
+def test_single_and_list_queries(client: TestClient, rows: list[dict[str, Any]]) -> None:
+    one = search(client, query=rows[5]["text"], k=3)
+    assert one["index"] == "docs" and one["generation"] == 1 and one["k"] == 3
+    assert len(one["results"]) == 1
+    hits = one["results"][0]["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["id"] == "d5" and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert hits[0]["text"] == rows[5]["text"] and hits[0]["genre"] == rows[5]["genre"]
+    many = search(client, query=[rows[1]["text"], rows[2]["text"]], k=2)
+    assert [r["query"] for r in many["results"]] == [rows[1]["text"], rows[2]["text"]]
+    assert [r["hits"][0]["id"] for r in many["results"]] == ["d1", "d2"]
+
+
+def test_columns_choose_metadata(client: TestClient, rows: list[dict[str, Any]]) -> None:
+    hit = search(client, query=rows[0]["text"], k=1, columns=["year", "day"])["results"][0]["hits"][0]
+    assert set(hit) == {"rank", "score", "id", "year", "day"}
+    assert hit["year"] == 2000 and hit["day"] == "2020-01-01"
+
+
+PREDICATES = [
+    ("year", "eq", 2003, lambda r: r["year"] == 2003),
+    ("year", "ne", 2003, lambda r: r["year"] != 2003),
+    ("year", "lt", 2002, lambda r: r["year"] < 2002),
+    ("year", "le", 2002, lambda r: r["year"] <= 2002),
+    ("rating", "gt", 10, lambda r: r["rating"] > 10),
+    ("rating", "ge", 10.5, lambda r: r["rating"] >= 10.5),
+    ("genre", "in", ["drama", "horror"], lambda r: r["genre"] in ("drama", "horror")),
+    ("id", "in", ["d1", "d7", "zz"], lambda r: r["id"] in ("d1", "d7")),
+    ("text", "contains", "the", lambda r: "the" in r["text"]),
+    ("tags", "contains", "a", lambda r: "a" in r["tags"]),
+    ("flag", "eq", False, lambda r: not r["flag"]),
+    ("day", "ge", "2020-02-15", lambda r: r["day"] >= dt.date(2020, 2, 15)),
+]
+
+
+@pytest.mark.parametrize(("field", "op", "value", "keep"), PREDICATES, ids=[f"{p[0]}-{p[1]}" for p in PREDICATES])
+def test_filter_each_operator(
+    client: TestClient, rows: list[dict[str, Any]], field: str, op: str, value: Any, keep: Any
+) -> None:
+    expected = {r["id"] for r in rows if keep(r)}
+    assert 0 < len(expected) < len(rows)
+    body = search(client, query="cat dog river", k=N_ROWS, filter=[{"field": field, "op": op, "value": value}])
+    assert {h["id"] for h in body["results"][0]["hits"]} == expected
+
+
+def test_filters_are_anded(client: TestClient, rows: list[dict[str, Any]]) -> None:
+    conditions = [{"field": "genre", "op": "eq", "value": "drama"}, {"field": "flag", "op": "eq", "value": True}]
+    body = search(client, query="music", k=N_ROWS, filter=conditions)
+    assert {h["id"] for h in body["results"][0]["hits"]} == {
+        r["id"] for r in rows if r["genre"] == "drama" and r["flag"]
+    }
+
+
+def test_indexes_health_metrics(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ready"}
+    listing = client.get("/indexes").json()
+    assert listing["default"] == "docs"
+    (info,) = listing["indexes"]
+    assert info["name"] == "docs" and info["rows"] == N_ROWS and info["generation"] == 1
+    assert info["columns"]["year"] == "BIGINT" and info["columns"]["day"] == "DATE" and "_key" not in info["columns"]
+    assert info["manifest"]["counts"]["rows"] == N_ROWS
+    client.post("/search", json={"query": ""})
+    text = client.get("/metrics")
+    assert text.headers["content-type"].startswith("text/plain")
+    body = text.text
+    assert 'bmsearch_http_requests_total{endpoint="/search",method="POST",status="200"}' in body
+    assert 'bmsearch_http_requests_total{endpoint="/search",method="POST",status="422"}' in body
+    assert 'bmsearch_errors_total{endpoint="/search",code="invalid_query"}' in body
+    assert 'bmsearch_http_request_duration_seconds_bucket{endpoint="/search",le="+Inf"}' in body
+    assert "bmsearch_batch_size_count" in body and 'bmsearch_index_generation{index="docs"} 1' in body
+    assert "bmsearch_ready 1" in body
+
+
+def test_openapi_schema(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/search", "/indexes", "/health", "/metrics"} <= set(schema["paths"])
+    post = schema["paths"]["/search"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchRequest")
+    assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
+    for status in ("400", "401", "404", "413", "422", "503"):
+        assert post["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components  # errors are documented as they are sent
+    assert components["SearchRequest"]["properties"]["mode"]["enum"] == ["dense", "lexical", "hybrid"]
+    assert set(components["FilterCondition"]["properties"]["op"]["enum"]) == {
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "in",
+        "contains",
+    }
+    assert components["SearchRequest"]["properties"]["k"]["maximum"] == 1000
+
+
+# --- bad requests ---------------------------------------------------------------------------------
+
+BAD = [
+    (b"{not json", 400, "malformed_json"),
+    (b"", 400, "missing_body"),
+    (b"\xff\xfe\x00garbage", 400, "malformed_json"),
+    (b"[1, 2]", 422, "invalid_request"),
+    (b'{"k": 3}', 422, "invalid_query"),
+    (b'{"query": ""}', 422, "invalid_query"),
+    (b'{"query": "   "}', 422, "invalid_query"),
+    (b'{"query": []}', 422, "invalid_query"),
+    (b'{"query": ["ok", ""]}', 422, "invalid_query"),
+    (b'{"query": 5}', 422, "invalid_query"),
+    (b'{"query": "x", "k": 0}', 422, "invalid_k"),
+    (b'{"query": "x", "k": 1001}', 422, "invalid_k"),
+    (b'{"query": "x", "k": "5"}', 422, "invalid_k"),
+    (b'{"query": "x", "k": true}', 422, "invalid_k"),
+    (b'{"query": "x", "surprise": 1}', 422, "invalid_request"),
+    (b'{"query": "x", "index": "nope"}', 404, "unknown_index"),
+    (b'{"query": "x", "mode": "fuzzy"}', 422, "invalid_mode"),
+    (b'{"query": "x", "mode": "lexical"}', 400, "mode_unavailable"),
+    (b'{"query": "x", "mode": "hybrid"}', 400, "mode_unavailable"),
+    (b'{"query": "x", "columns": ["nope"]}', 400, "unknown_column"),
+    (b'{"query": "x", "columns": ["_key"]}', 400, "unknown_column"),
+    (b'{"query": "x", "filter": [{"field": "nope", "op": "eq", "value": 1}]}', 400, "unknown_field"),
+    (b'{"query": "x", "filter": [{"field": "_key", "op": "eq", "value": 1}]}', 400, "unknown_field"),
+    (b'{"query": "x", "filter": [{"field": "year", "op": "like", "value": 1}]}', 422, "unknown_operator"),
+    (b'{"query": "x", "filter": [{"field": "year", "op": "eq", "value": "1999"}]}', 400, "invalid_filter_value"),
+    (b'{"query": "x", "filter": [{"field": "year", "op": "eq", "value": NaN}]}', 400, "invalid_filter_value"),
+    (b'{"query": "x", "filter": [{"field": "day", "op": "eq", "value": "soon"}]}', 400, "invalid_filter_value"),
+    (b'{"query": "x", "filter": [{"field": "genre", "op": "in", "value": []}]}', 400, "invalid_filter_value"),
+    (b'{"query": "x", "filter": [{"field": "year\\" OR 1=1 --", "op": "eq", "value": 1}]}', 400, "unknown_field"),
+    (b'{"query": "x", "filter": {"field": "year"}}', 422, "invalid_filter"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), BAD, ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD)])
+def test_bad_requests_get_json_errors(client: TestClient, body: bytes, status: int, code: str) -> None:
+    response = client.post("/search", content=body, headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code), response.text
+    assert response.json()["error"]["message"]
+    assert client.post("/search", json={"query": "still here", "k": 1}).status_code == 200
+
+
+def test_oversized_body_is_413(client: TestClient) -> None:
+    huge = json.dumps({"query": "x" * (1 << 20)}).encode()
+    response = client.post("/search", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted while reading
+        for _ in range(20):
+            yield b" " * 100_000
+
+    response = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert client.post("/search", json={"query": "ok", "k": 1}).status_code == 200
+
+
+def test_unknown_route_and_method(client: TestClient) -> None:
+    assert client.get("/nope").json()["error"]["code"] == "not_found"
+    response = client.get("/search")
+    assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_unexpected_error_is_a_generic_500(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    searcher = client.app.state.bmsearch.searchers["docs"]  # type: ignore[attr-defined]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+    monkeypatch.setattr(searcher, "search_vectors", broken)
+    response = client.post("/search", json={"query": "x"})
+    assert response.status_code == 500
+    assert response.json() == {"error": {"code": "internal_error", "message": "internal server error"}}
+    monkeypatch.undo()
+    assert client.post("/search", json={"query": "x", "k": 1}).status_code == 200
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_condition = st.fixed_dictionaries(
+    {
+        "field": st.sampled_from(["year", "rating", "genre", "tags", "flag", "day", "id", "nope", ""]),
+        "op": st.sampled_from(["eq", "ne", "lt", "le", "gt", "ge", "in", "contains", "xx"]),
+        "value": _json,
+    }
+)
+_request = st.fixed_dictionaries(
+    {"query": st.one_of(st.text(max_size=30), st.lists(st.text(max_size=10), max_size=3), _json)},
+    optional={
+        "k": st.one_of(st.integers(-5, 1005), _json),
+        "filter": st.lists(_condition, max_size=3) | _json,
+        "columns": st.lists(st.sampled_from(["year", "text", "nope"]), max_size=3) | _json,
+        "index": st.sampled_from(["docs", "nope", ""]) | _json,
+        "mode": st.sampled_from(["dense", "lexical"]),
+    },
+)
+_bodies = st.one_of(
+    st.binary(max_size=64), _json.map(lambda v: json.dumps(v).encode()), _request.map(lambda v: json.dumps(v).encode())
+)
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(body=_bodies)
+def test_fuzzed_bodies_never_break_the_server(client: TestClient, body: bytes) -> None:
+    response = client.post("/search", content=body, headers={"content-type": "application/json"})
+    assert 200 <= response.status_code < 300 or 400 <= response.status_code < 500, response.text
+    payload = response.json()
+    assert ("results" in payload) if response.status_code == 200 else set(payload["error"]) == {"code", "message"}
+
+
+# --- auth and loading -----------------------------------------------------------------------------
+
+
+def test_api_key_is_required(index_dir: Path) -> None:
+    with TestClient(create_app(ServerConfig(index_dir=index_dir, api_key=KEY, reload_interval_s=0))) as c:
+        for path in ("/health", "/metrics", "/indexes"):
+            response = c.get(path)
+            assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+        assert c.get("/health", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.post("/search", json={"query": "x"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        deadline = time.monotonic() + 60
+        while c.get("/health", headers={"X-API-Key": KEY}).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.post("/search", json={"query": "x"}, headers={"X-API-Key": KEY}).status_code == 200
+        assert c.post("/search", json={"query": "x"}, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_health_is_503_until_loaded(index_dir: Path, tmp_path: Path) -> None:
+    app = create_app(ServerConfig(index_dir=index_dir, reload_interval_s=0))
+    c = TestClient(app)  # no lifespan: nothing is loaded
+    assert c.get("/health").status_code == 503 and c.get("/health").json()["status"] == "loading"
+    response = c.post("/search", json={"query": "x"})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
+    with TestClient(create_app(ServerConfig(index_dir=tmp_path / "empty", reload_interval_s=0))) as empty:
+        deadline = time.monotonic() + 30
+        while empty.get("/health").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = empty.get("/health")
+        assert (
+            health.status_code == 503 and health.json()["status"] == "error" and "no index" in health.json()["message"]
+        )
+
+
+# --- micro-batching -------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_batched_and_match_unbatched(
+    client: TestClient, index_dir: Path, rows: list[dict[str, Any]]
+) -> None:
+    metrics = client.app.state.bmsearch.metrics  # type: ignore[attr-defined]
+    before = metrics.batch_size.count_above(1)
+    queries = [rows[i]["text"] for i in range(0, 48, 3)]
+    results: dict[int, Any] = {}
+    barrier = threading.Barrier(len(queries))
+
+    def one(i: int) -> None:
+        barrier.wait(timeout=30)
+        results[i] = client.post("/search", json={"query": queries[i], "k": 5, "columns": ["genre"]}).json()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == len(queries)
+    assert metrics.batch_size.count_above(1) > before  # some batch held more than one request
+
+    reference = Searcher(IndexPaths.of(index_dir, "docs"), encoder=EncoderConfig(backend="torch"))
+    try:
+        for i, query in enumerate(queries):
+            expected = reference.search([query], 5, columns=["genre"])[0]
+            got = results[i]["results"][0]["hits"]
+            assert [h["id"] for h in got] == [h["id"] for h in expected]
+            assert [h["genre"] for h in got] == [h["genre"] for h in expected]
+            np.testing.assert_allclose([h["score"] for h in got], [h["score"] for h in expected], atol=1e-4)
+    finally:
+        reference.close()
+
+
+# --- hot reload -----------------------------------------------------------------------------------
+
+
+def test_hot_reload_during_requests(tiny_model: Path, tmp_path: Path) -> None:
+    first = corpus_rows(30)
+    build(tiny_model, tmp_path / "indexes", "live", first, tmp_path / "src" / "live.parquet")
+    added = corpus_rows(20, start=30, seed=7)
+    added_ids = [r["id"] for r in added]
+    app = create_app(ServerConfig(index_dir=tmp_path / "indexes", max_wait_ms=2, reload_interval_s=0.05))
+    failures: list[str] = []
+    generations: set[int] = set()
+    stop = threading.Event()
+    done = [0]
+
+    with TestClient(app) as c:
+        wait_ready(c)
+
+        def stream(seed: int) -> None:
+            deadline = time.monotonic() + 60
+            for n in range(2000):  # bounded in count and time
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                response = c.post("/search", json={"query": first[(seed + n) % 30]["text"], "k": 3})
+                if response.status_code != 200:
+                    failures.append(response.text)
+                else:
+                    generations.add(response.json()["generation"])
+                    done[0] += 1
+
+        workers = [threading.Thread(target=stream, args=(s,)) for s in range(4)]
+        for w in workers:
+            w.start()
+        try:
+            time.sleep(0.3)
+            build(tiny_model, tmp_path / "indexes", "live", first + added, tmp_path / "src" / "live.parquet")
+            deadline = time.monotonic() + 30
+            visible: list[str] = []
+            while time.monotonic() < deadline:
+                body = c.post(
+                    "/search",
+                    json={
+                        "query": added[0]["text"],
+                        "k": 5,
+                        "filter": [{"field": "id", "op": "in", "value": added_ids}],
+                    },
+                ).json()
+                visible = [h["id"] for h in body["results"][0]["hits"]]
+                if visible:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.3)  # keep streaming on the new generation for a moment
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=60)
+        assert failures == []
+        assert done[0] > 20
+        assert generations == {1, 2}
+        assert visible and visible[0] == added[0]["id"]
+        listing = c.get("/indexes").json()["indexes"][0]
+        assert listing["generation"] == 2 and listing["rows"] == 50
+        assert 'bmsearch_reloads_total{index="live"} 1' in c.get("/metrics").text
