@@ -451,27 +451,51 @@ def _sample_pass(
 
 
 class _ExactTopK:
-    """Running exact top-(k+1) of fixed queries over streamed chunks (the ground truth)."""
+    """Running exact top-k of fixed queries over streamed chunks (the ground truth)."""
 
-    def __init__(self, queries: np.ndarray, k: int, block: int = 16_384) -> None:
-        self.q, self.k, self.block = queries, k, block
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.q, self.k = queries, k
         self.scores = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
         self.ids = np.full((queries.shape[0], k), -1, dtype=np.int64)
 
     def update(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        for start in range(0, ids.shape[0], self.block):
-            s = self.q @ vecs[start : start + self.block].T
-            b = ids[start : start + self.block]
-            allscores = np.concatenate([self.scores, s], axis=1)
-            allids = np.concatenate([self.ids, np.broadcast_to(b, s.shape)], axis=1)
-            kk = min(self.k, allscores.shape[1])
-            top = np.argpartition(-allscores, kk - 1, axis=1)[:, :kk]
-            self.scores = np.take_along_axis(allscores, top, axis=1)
-            self.ids = np.take_along_axis(allids, top, axis=1)
+        faiss = _faiss()
+        kk = min(self.k, ids.shape[0])
+        scores, pos = faiss.knn(self.q, vecs, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        allscores = np.concatenate([self.scores, scores], axis=1)
+        allids = np.concatenate([self.ids, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)], axis=1)
+        top = np.argpartition(-allscores, self.k - 1, axis=1)[:, : self.k]
+        self.scores = np.take_along_axis(allscores, top, axis=1)
+        self.ids = np.take_along_axis(allids, top, axis=1)
 
     def sorted_ids(self) -> np.ndarray:
         order = np.argsort(-self.scores, axis=1, kind="stable")
         return np.take_along_axis(self.ids, order, axis=1)
+
+
+@dataclass
+class EvalSet:
+    """Corpus vectors used as recall queries, their ids, and their exact top-(k+1) ids (best first)."""
+
+    queries: np.ndarray
+    query_ids: np.ndarray
+    truth: np.ndarray
+    k: int
+
+
+def make_eval_set(
+    source: VectorSource, dim: int, n: int, queries: int = 1000, k: int = 10, seed: int = 0
+) -> EvalSet:
+    """Sample `queries` corpus vectors and find their exact neighbours by brute force (two passes).
+
+    Pass it to several `build_index` calls over the same vectors to measure them on the same ground truth.
+    """
+    n_eval = int(min(queries, max(n // 10, 1)))
+    _, q, qids = _sample_pass(source, n, dim, 0, n_eval, seed)
+    top = _ExactTopK(q, k + 1)
+    for ids, vecs in source():
+        top.update(*_check_chunk(ids, vecs, dim))
+    return EvalSet(q, qids, top.sorted_ids(), k)
 
 
 def exact_neighbors(source: VectorSource, queries: np.ndarray, k: int) -> np.ndarray:
@@ -578,11 +602,14 @@ def build_index(
     max_train: int = MAX_TRAIN_VECTORS,
     seed: int = 0,
     progress: Progress | None = None,
+    eval_set: EvalSet | None = None,
 ) -> tuple[faiss.Index, BuildStats]:
     """Build, train, fill and recall-tune an inner-product index over the vectors `source()` yields.
 
     index_type is a FAISS factory string ("Flat", "IVF4096,Flat", "HNSW32", "OPQ64,IVF4096,PQ64"); None
     picks one by size and memory budget. Vectors must be L2-normalised (cosine = inner product).
+    Recall is measured on `eval_set` when given (its k wins), else on `eval_queries` corpus vectors
+    sampled here, their exact neighbours found while adding.
     """
     progress = progress or NoProgress()
     started = time.perf_counter()
@@ -616,7 +643,10 @@ def build_index(
         train_n = int(min(n, max(64 * nlist, 16_384), max(max_train, 39 * nlist)))
         if ivf is not None and n < nlist:
             raise IndexBuildError(f"index type {choice.factory!r} has {nlist} lists but only {n} vectors")
-    n_eval = int(min(eval_queries, max(n // 10, 1)))
+    if eval_set is not None:
+        k = eval_set.k
+        stats.k = k
+    n_eval = 0 if eval_set is not None else int(min(eval_queries, max(n // 10, 1)))
     progress.stage("sample vectors", total=n)
     train, queries, query_ids = _sample_pass(source, n, dim, train_n, n_eval, seed)
     progress.advance(n)
@@ -633,12 +663,13 @@ def build_index(
     del train
     t0 = time.perf_counter()
     progress.stage("add vectors", total=n)
-    truth = _ExactTopK(queries, k + 1)
+    truth = _ExactTopK(queries, k + 1) if eval_set is None else None
     added = 0
     for ids, vecs in source():
         ids, vecs = _check_chunk(ids, vecs, dim)
         index.add_with_ids(vecs, ids)
-        truth.update(ids, vecs)
+        if truth is not None:
+            truth.update(ids, vecs)
         added += ids.shape[0]
         progress.advance(ids.shape[0])
     if added != n:
@@ -646,7 +677,11 @@ def build_index(
     stats.add_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     progress.stage("tune recall", total=None)
-    truth_ids = truth.sorted_ids()
+    if eval_set is not None:
+        queries, query_ids, truth_ids = eval_set.queries, eval_set.query_ids, eval_set.truth
+    else:
+        assert truth is not None
+        truth_ids = truth.sorted_ids()
     params, recall, curve = tune_search_params(index, queries, query_ids, truth_ids, k, recall_target)
     apply_search_params(index, params)
     progress.close()

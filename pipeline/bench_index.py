@@ -73,18 +73,31 @@ def imdb_embeddings(
 
     model = SentenceTransformer(model_dir, device="cpu")
     out = np.empty((n, model.get_embedding_dimension() or 384), dtype=np.float32)
+    # each chunk is saved as it is done, so an interrupted run resumes where it stopped
+    parts = cache_dir / f"imdb_minilm_{n}.parts"
+    parts.mkdir(exist_ok=True)
     progress.stage("encode IMDB sentences", total=n, unit="sentences")
     for start in range(0, n, chunk):
         part = sentences[start : start + chunk]
-        out[start : start + len(part)] = model.encode(
-            part, batch_size=128, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        part_file = parts / f"{start:09d}_{len(part)}.npy"
+        if part_file.is_file():
+            out[start : start + len(part)] = np.load(part_file)
+        else:
+            out[start : start + len(part)] = model.encode(
+                part, batch_size=128, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+            tmp_part = part_file.with_suffix(".tmp.npy")
+            np.save(tmp_part, out[start : start + len(part)])
+            os.replace(tmp_part, part_file)
         progress.advance(len(part))
         log.debug("encoded %d/%d", start + len(part), n)
     progress.close()
     tmp = cache.with_suffix(".tmp.npy")
     np.save(tmp, out)
     os.replace(tmp, cache)
+    for f in parts.glob("*.npy"):
+        f.unlink()
+    parts.rmdir()
     return out
 
 
@@ -184,13 +197,16 @@ def bench_vectors(
     }
     rows: list[dict[str, Any]] = []
     threads = faiss.omp_get_max_threads()
+    t0 = time.perf_counter()
+    eval_set = ann.make_eval_set(source, d, n, queries=1000, k=k, seed=seed)
+    log.debug("%s: exact ground truth in %.1fs", name, time.perf_counter() - t0)
     for factory in factories:
         faiss.omp_set_num_threads(threads)
         log.debug("%s: building %s", name, factory or "auto")
         with _PeakRss() as rss:
             index, stats = ann.build_index(
                 source, d, n, index_type=factory, memory_budget=memory_budget,
-                recall_target=recall_target, k=k, seed=seed, progress=progress,
+                recall_target=recall_target, k=k, seed=seed, progress=progress, eval_set=eval_set,
             )
         with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
             size = ann.save_index(index, Path(tmp) / "index.faiss")

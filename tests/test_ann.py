@@ -316,3 +316,15 @@ def test_hnsw_cannot_remove_so_caller_rebuilds(data: tuple) -> None:
     assert ann.update_index(index, ids[:3], None) is False and index.ntotal == 1000
     assert ann.update_index(index, None, ann.iter_array_chunks(ids[1000:1010], x[1000:1010]))
     assert index.ntotal == 1010
+
+
+def test_shared_eval_set_matches_internal_measurement(data: tuple, ivf: tuple) -> None:
+    ids, x = data
+    ev = ann.make_eval_set(source(ids, x), D, len(ids), queries=300, k=10)
+    assert ev.truth.shape == (300, 11)
+    q_scores = np.sort(ev.queries @ x.T, axis=1)[:, ::-1][:, :11]
+    pos = {int(i): j for j, i in enumerate(ids)}
+    got = np.array([[ev.queries[r] @ x[pos[int(t)]] for t in row] for r, row in enumerate(ev.truth)])
+    assert np.allclose(got, q_scores, atol=1e-5)  # exact and best first
+    index, stats = ann.build_index(source(ids, x), D, len(ids), index_type="IVF64,Flat", eval_set=ev)
+    assert stats.search_params == ivf[1].search_params or abs(stats.recall - ivf[1].recall) < 0.03

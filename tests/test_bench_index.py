@@ -78,3 +78,22 @@ def test_append_record_creates_file(tmp_path: Path) -> None:
     bench_index.append_record(path, "## A\n")
     bench_index.append_record(path, "## B\n")
     assert path.read_text() == "# Benchmarks\n\n## A\n\n## B\n"
+
+
+def test_imdb_embeddings_cache_and_resume(tmp_path: Path, tiny_model: Path) -> None:
+    path = tmp_path / "reviews.jsonl.gz"
+    texts = [f"Sentence number {i} about the film." for i in range(20)]
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps({"text": " ".join(texts)}))
+    cache = tmp_path / "cache"
+    parts = cache / "imdb_minilm_12.parts"
+    parts.mkdir(parents=True)
+    sentinel = np.full((8, 32), 0.5, dtype=np.float32)
+    np.save(parts / "000000000_8.npy", sentinel)  # a chunk left by an interrupted run
+    out = bench_index.imdb_embeddings(path, 12, cache, model_dir=str(tiny_model), chunk=8)
+    assert out.shape == (12, 32)
+    assert np.array_equal(out[:8], sentinel)  # resumed, not re-encoded
+    assert np.allclose(np.linalg.norm(out[8:], axis=1), 1.0, atol=1e-5)
+    assert not parts.exists() and (cache / "imdb_minilm_12.npy").is_file()
+    again = bench_index.imdb_embeddings(path, 12, cache, model_dir="/nonexistent")  # served from the cache
+    assert np.array_equal(np.asarray(again), out)
