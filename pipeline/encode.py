@@ -131,11 +131,11 @@ class Encoder:
             raise ModelError(
                 f"model {ref.name} pools with {self.pooling!r}; bmsearch computes mean pooling only"
             )
-        positions = getattr(self.st[0].auto_model.config, "max_position_embeddings", None)
+        positions = getattr(getattr(self.st[0].auto_model, "config", None), "max_position_embeddings", None)
         if isinstance(positions, int) and positions > 0 and (self.st.max_seq_length or positions + 1) > positions:
             # A plain model directory gets a 512 default that may exceed what its position table holds.
             self.st.max_seq_length = positions
-        self.max_seq_length = int(self.st.max_seq_length)
+        self.max_seq_length = int(self.st.max_seq_length or positions or 512)
         self.tokenizer = self.st.tokenizer
         # sentence-transformers 6 renamed the method; the old name warns.
         st = self.st
