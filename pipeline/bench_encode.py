@@ -277,7 +277,7 @@ def _measure(config: EncodeBenchConfig, texts: list[str], work: Path, encoder: E
         seconds = time.perf_counter() - t0
     stages.append(_stage("st_default", len(texts), tokens, seconds, rss.peak, batch_size=ST_DEFAULT_BATCH))
 
-    sample = texts[: min(len(texts), 256)]
+    sample = texts[: min(len(texts), max(64, len(texts) // 4), 256)]
     sweep: dict[int, float] = {}
     progress.stage("sentence-transformers batch-size sweep", total=len(config.st_batch_sizes))
     for bs in config.st_batch_sizes:
