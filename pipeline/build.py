@@ -36,9 +36,9 @@ from pipeline.model import ModelRef, resolve_model
 from pipeline.progress import NoProgress, Progress
 from pipeline.shards import read_shard, write_shard
 from pipeline.store import DB_NAME, Store, arrow_reader, quote
+from pipeline.vector_build import VECTORS_FILE, build_vectors, check_index_options, shard_groups
 
 log = logging.getLogger(__name__)
-VECTORS_FILE = "vectors.faiss"
 
 
 @dataclass
@@ -210,6 +210,8 @@ class _Run:
             if self.prev is not None:
                 store.rows("ATTACH ? AS prev (READ_ONLY)", [str(self.prev.path / DB_NAME)])
             counts = self._counts(store)
+            dim = self.prev.manifest["model"]["dimension"] if self.prev else self.encoder.dim
+            check_index_options(counts["rows"], dim, self.opts.index_type, self.opts.memory_budget)
             resumed = sum(e["rows"] for e in self.journal.all("shard"))
             encoded = self._encode(store)
             model = self._model_identity()
@@ -390,14 +392,39 @@ class _Run:
         missing = store.scalar("SELECT count(*) FROM vectors WHERE shard IS NULL")
         if missing:
             raise IndexBuildError(f"{missing} rows have no embedding; rerun with --overwrite")
-        groups = store.rows(
-            f"SELECT shard, list(pos ORDER BY pos), list({KEY} ORDER BY pos) FROM vectors GROUP BY shard ORDER BY shard"
+        groups = shard_groups(
+            store.rows(
+                f"SELECT shard, list(pos ORDER BY pos), list({KEY} ORDER BY pos) FROM vectors "
+                "GROUP BY shard ORDER BY shard"
+            )
         )
-        self.shard_names = [g[0] for g in groups]
+        self.shard_names = [g.shard for g in groups]
+        fresh = self._journal_shards()
+        remove = np.empty(0, np.int64)
+        previous = None
+        if self.prev is not None and not self.opts.rebuild:
+            stale = store.rows(
+                f"SELECT p.{KEY} FROM prev.vectors p LEFT JOIN vectors v ON v.{KEY} = p.{KEY} AND v.{HASH} = p.{HASH} "
+                f"WHERE v.{KEY} IS NULL"
+            )
+            remove = np.asarray([r[0] for r in stale], dtype=np.int64)
+            previous = {"path": self.prev.path / VECTORS_FILE, "index": self.prev.manifest["index"]}
         self.number = self.paths.next_number()
         self.staged = self.paths.staging(self.number)
         self.staged.mkdir()
-        info = _write_flat_index(self.paths.shards, groups, int(model["dimension"]), self.staged / VECTORS_FILE)
+        info = build_vectors(
+            self.staged / VECTORS_FILE,
+            self.paths.shards,
+            groups,
+            int(model["dimension"]),
+            index_type=self.opts.index_type,
+            memory_budget=self.opts.memory_budget,
+            target_recall=self.opts.target_recall,
+            previous=previous,
+            remove=remove,
+            new_groups=[g for g in groups if g.shard in fresh],
+            progress=self.progress,
+        )
         store.checkpoint()
         self.timings["index_s"] = time.monotonic() - t0
         return info
@@ -472,14 +499,3 @@ def _collect_shards(paths: IndexPaths, keep: set[str]) -> None:
             file.unlink(missing_ok=True)
     for tmp in paths.shards.glob(".*.tmp-*"):
         tmp.unlink(missing_ok=True)
-
-
-def _write_flat_index(shard_dir: Path, groups: list[Any], dim: int, out: Path) -> dict[str, Any]:
-    import faiss
-
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    for shard, positions, keys in groups:
-        _, vectors = read_shard(shard_dir / shard)
-        index.add_with_ids(np.ascontiguousarray(vectors[np.asarray(positions)]), np.asarray(keys, dtype=np.int64))
-    faiss.write_index(index, str(out))
-    return {"type": "Flat", "metric": "inner_product", "ntotal": int(index.ntotal), "dimension": dim}

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import ann
 from pipeline.corpus import HASH, KEY
 from pipeline.encode import EncoderConfig
 from pipeline.errors import IndexCorruptError, ModelError
@@ -18,9 +19,9 @@ from pipeline.layout import IndexPaths
 from pipeline.manifest import check_model, read_manifest
 from pipeline.model import ModelRef, resolve_model
 from pipeline.store import DB_NAME, Store
+from pipeline.vector_build import VECTORS_FILE
 
 log = logging.getLogger(__name__)
-VECTORS_FILE = "vectors.faiss"
 HIDDEN_COLUMNS = (KEY, HASH)
 
 
@@ -36,19 +37,13 @@ class Generation:
 
     @classmethod
     def open(cls, paths: IndexPaths) -> Generation:
-        import faiss
-
         path = paths.require_current()
         manifest = read_manifest(path)
         file = path / VECTORS_FILE
-        if not file.exists():
-            raise IndexCorruptError(f"vector index {file} is missing; rebuild the index with --overwrite")
         try:
-            index = faiss.read_index(str(file))
-        except RuntimeError as exc:
-            raise IndexCorruptError(
-                f"vector index {file} is corrupt ({str(exc).splitlines()[0][:120]}); rebuild the index with --overwrite"
-            ) from None
+            index = ann.load_index(file, params=manifest["index"].get("search_params"))
+        except IndexCorruptError as exc:
+            raise IndexCorruptError(f"{exc}; rebuild the index with --overwrite") from None
         if index.ntotal != manifest["counts"]["rows"]:
             raise IndexCorruptError(
                 f"vector index {file} holds {index.ntotal} vectors, the manifest says "
@@ -136,11 +131,11 @@ class Searcher:
         """As `search`, for query vectors already encoded."""
         gen = self.generation
         allowed = gen.store.filter_keys(where, params) if where else None
-        scores, keys = _faiss_search(gen.index, vectors, k, allowed)
+        scores, keys = ann.search(gen.index, vectors, k, allowed_ids=allowed)
         return self.hits(gen, scores, keys, columns)
 
     def hits(
-        self, gen: Generation, scores: np.ndarray, keys: np.ndarray, columns: Sequence[str] | None
+        self, gen: Generation, scores: Sequence[np.ndarray], keys: Sequence[np.ndarray], columns: Sequence[str] | None
     ) -> list[list[dict[str, Any]]]:
         """Join ranked (score, key) rows to their metadata in one DuckDB query, keeping the order."""
         shown = self._shown_columns(columns)
@@ -185,15 +180,6 @@ def _recorded_ref(recorded: dict[str, Any]) -> ModelRef:
     return resolve_model(recorded["name"], recorded.get("revision"))
 
 
-def _faiss_search(index: Any, vectors: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    import faiss
-
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if allowed is None:
-        return index.search(vectors, k)
-    if len(allowed) == 0:
-        return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-    selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-    params = faiss.SearchParameters()
-    params.sel = selector
-    return index.search(vectors, k, params=params)
+def _faiss_search(index: Any, vectors: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[Any, Any]:
+    """Kept for pipeline.retrieval_eval until it moves to Searcher's modes."""
+    return ann.search(index, vectors, k, allowed_ids=allowed)

@@ -211,3 +211,61 @@ def test_reader_keeps_its_generation_until_it_reloads(tmp_path: Path, tiny_model
     index(data, tmp_path / "idx", tiny_model)
     assert len(searcher.search(["river"], k=50)[0]) == 20
     assert searcher.reload_if_changed() and len(searcher.search(["river"], k=50)[0]) == 30
+
+
+def test_trained_index_is_updated_in_place_with_measured_recall(tmp_path: Path, tiny_model: Path) -> None:
+    data = write_parquet(tmp_path / "c.parquet", rows(2_000))
+    first = index(data, tmp_path / "idx", tiny_model, "--index-type", "IVF16,Flat", "--target-recall", "0.9")
+    manifest = json.loads((tmp_path / "idx" / "inc" / "gen-000001" / "manifest.json").read_text())["index"]
+    assert (
+        first["index_type"] == "IVF16,Flat" and manifest["recall"] >= 0.9 and manifest["search_params"]["nprobe"] >= 1
+    )
+    assert not manifest["updated_in_place"] and manifest["eval_queries"] > 0
+    write_parquet(data, rows(2_020, edit={1, 2}))
+    second = index(data, tmp_path / "idx", tiny_model, "--index-type", "IVF16,Flat", "--target-recall", "0.9")
+    assert (second["new"], second["changed"], second["encoded"]) == (20, 2, 22)
+    updated = json.loads((tmp_path / "idx" / "inc" / "gen-000002" / "manifest.json").read_text())["index"]
+    assert updated["updated_in_place"] and updated["ntotal"] == 2_020 and updated["removed"] == 2
+    assert updated["search_params"] == manifest["search_params"]
+    info = run("info", "--index-dir", tmp_path / "idx")
+    assert "IVF16,Flat" in info.stdout and "recall@10" in info.stdout
+    hits = json.loads(
+        run("query", rows(2_020)[2_010]["text"], "--index-dir", tmp_path / "idx", "-k", "1", "--format", "json").stdout
+    )
+    assert hits[0]["id"] == 2_010
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (("--index-type", "IVF-nonsense"), "IVF-nonsense"),
+        (("--memory-budget", "1K"), "memory budget"),
+    ],
+)
+def test_bad_index_options_keep_the_last_good_generation(
+    tmp_path: Path, tiny_model: Path, extra: tuple[str, ...], message: str
+) -> None:
+    data = write_parquet(tmp_path / "c.parquet", rows(30))
+    index(data, tmp_path / "idx", tiny_model)
+    write_parquet(data, rows(40))
+    result = run(
+        "index",
+        data,
+        "--name",
+        "inc",
+        "--index-dir",
+        tmp_path / "idx",
+        "--model",
+        tiny_model,
+        "--id-column",
+        "id",
+        *extra,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and message in lines[-1] and lines[-1].startswith("Error: ")
+    assert not any(line.startswith("encoding") for line in lines), "options must be checked before encoding"
+    assert (tmp_path / "idx" / "inc" / "CURRENT").read_text().strip() == "gen-000001"
+    assert (
+        len(json.loads(run("query", "river", "--index-dir", tmp_path / "idx", "-k", "50", "--format", "json").stdout))
+        == 30
+    )

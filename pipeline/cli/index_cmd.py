@@ -45,6 +45,20 @@ from pipeline.model import DEFAULT_MODEL
 @click.option("--rebuild", is_flag=True, help="Rebuild the vector index from stored embeddings (nothing re-encoded).")
 @click.option("--sync", is_flag=True, help="Remove ids that are no longer in the sources.")
 @click.option(
+    "--index-type",
+    default=None,
+    help="FAISS factory string (Flat, IVF4096,Flat, HNSW32, OPQ64,IVF4096,PQ64); default: chosen by corpus size "
+    "and --memory-budget.",
+)
+@click.option("--memory-budget", default=None, help="Most memory the vector index may take, e.g. 2G (default 4G).")
+@click.option(
+    "--target-recall",
+    type=click.FloatRange(0.5, 1.0),
+    default=0.95,
+    show_default=True,
+    help="Recall@10 against exact search that the search parameters are tuned to reach.",
+)
+@click.option(
     "--shard-rows",
     type=click.IntRange(1),
     default=16_384,
@@ -71,6 +85,9 @@ def index(
     rebuild: bool,
     sync: bool,
     shard_rows: int,
+    index_type: str | None,
+    memory_budget: str | None,
+    target_recall: float,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -98,6 +115,9 @@ def index(
         rebuild=rebuild,
         sync=sync,
         shard_rows=shard_rows,
+        index_type=index_type,
+        memory_budget=memory_budget,
+        target_recall=target_recall,
         encoder=EncoderConfig(
             device=device,
             max_seq_length=max_seq_length,

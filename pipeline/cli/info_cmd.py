@@ -33,7 +33,13 @@ def info(name: str | None, index_dir: str, as_json: bool) -> None:
         f"{counts['skipped_empty']} empty skipped in the last run)",
         f"text        column {manifest['corpus']['text_column']!r}; ids: {manifest['corpus']['id_scheme']}",
         f"vectors     {index['type']}, {index['ntotal']} x {index['dimension']}"
-        + (f", recall@10 {index['recall_at_10']:.3f}" if index.get("recall_at_10") is not None else "")
+        + (
+            f", recall@10 {index['recall']:.3f} (target {index['recall_target']})"
+            if index.get("recall") is not None
+            else ""
+        )
+        + (f", {index['index_bytes'] / 2**20:.1f} MiB" if index.get("index_bytes") else "")
+        + (f", built in {index['build_seconds']:.1f}s" if index.get("build_seconds") else "")
         + (f", search params {json.dumps(index['search_params'])}" if index.get("search_params") else ""),
         f"sources     {len(manifest['sources'])} file(s): "
         + ", ".join(s["name"] for s in manifest["sources"][:5])
