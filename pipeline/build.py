@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import time
@@ -425,9 +426,25 @@ class _Run:
             new_groups=[g for g in groups if g.shard in fresh],
             progress=self.progress,
         )
-        store.checkpoint()
         self.timings["index_s"] = time.monotonic() - t0
+        self.lexical = self._build_lexical(store)
+        store.checkpoint()
         return info
+
+    def _build_lexical(self, store: Store) -> dict[str, Any] | None:
+        """The BM25 side, rebuilt from the docs table each run (a pass over text, no model involved)."""
+        if not self.opts.lexical:
+            return None
+        if importlib.util.find_spec("bm25s") is None:
+            log.info("bm25s is not installed: no lexical side")
+            return None
+        from pipeline.lexical import LEXICAL_DIR, build_lexical, docs_chunks
+
+        t0 = time.monotonic()
+        self.progress.stage("lexical index", total=None)
+        stats = build_lexical(docs_chunks(store.con, self.opts.text_column), self.staged / LEXICAL_DIR)
+        self.timings["lexical_s"] = time.monotonic() - t0
+        return {"type": "bm25", **stats.to_dict()}
 
     def _commit(self, index_info: dict[str, Any], model: dict[str, Any], counts: dict[str, int]) -> int:
         (self.work / DB_NAME).rename(self.staged / DB_NAME)
@@ -451,6 +468,7 @@ class _Run:
             index=index_info,
             sources=[s.to_dict() for s in self.sources],
             shards=self.shard_names,
+            lexical=self.lexical,
             build={
                 "on_empty": self.opts.on_empty,
                 "sync": self.opts.sync,

@@ -46,11 +46,13 @@ def run_queries(
     where: str | None,
     columns: list[str] | None,
     batch: int = 256,
+    mode: str = "dense",
+    fusion: Any = None,
 ) -> Iterator[dict[str, Any]]:
     """One dict per hit: query_id, rank, score, id and metadata; queries encoded `batch` at a time."""
     for start in range(0, len(queries), batch):
         chunk = queries[start : start + batch]
-        results = searcher.search([text for _, text in chunk], k, where, columns)
+        results = searcher.search([text for _, text in chunk], k, where, columns, mode=mode, fusion=fusion)
         for (qid, _), hits in zip(chunk, results, strict=True):
             for hit in hits:
                 yield {"query_id": qid, **hit}

@@ -7,22 +7,26 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline import ann
 from pipeline.corpus import HASH, KEY
 from pipeline.encode import EncoderConfig
-from pipeline.errors import IndexCorruptError, ModelError
+from pipeline.errors import IndexCorruptError, ModelError, UsageError
 from pipeline.layout import IndexPaths
 from pipeline.manifest import check_model, read_manifest
 from pipeline.model import ModelRef, resolve_model
 from pipeline.store import DB_NAME, Store
 from pipeline.vector_build import VECTORS_FILE
 
+if TYPE_CHECKING:
+    from pipeline.fusion import FusionConfig
+
 log = logging.getLogger(__name__)
 HIDDEN_COLUMNS = (KEY, HASH)
+MODES = ("dense", "lexical", "hybrid")
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Generation:
     manifest: dict[str, Any]
     index: Any
     store: Store
+    _lexical: Any = None
 
     @classmethod
     def open(cls, paths: IndexPaths) -> Generation:
@@ -51,6 +56,20 @@ class Generation:
             )
         store = Store(path / DB_NAME, read_only=True)
         return cls(int(path.name[4:]), path, manifest, index, store)
+
+    @property
+    def lexical(self) -> Any:
+        """The BM25 side, opened on first use; UsageError when the generation has none."""
+        if self._lexical is None:
+            from pipeline.lexical import LEXICAL_DIR, open_lexical
+
+            if not self.manifest.get("lexical"):
+                raise UsageError(
+                    "this index has no lexical side (it was built without bm25s); install bmsearch[lexical] and "
+                    "run `bmsearch index ... --rebuild`, or use --mode dense"
+                )
+            self._lexical = open_lexical(self.path / LEXICAL_DIR)
+        return self._lexical
 
     def close(self) -> None:
         self.store.close()
@@ -111,14 +130,21 @@ class Searcher:
         where: str | None = None,
         columns: Sequence[str] | None = None,
         params: Sequence[Any] | None = None,
+        mode: str = "dense",
+        fusion: FusionConfig | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Hits for each query, best first: rank, score, id and the chosen metadata columns.
 
-        `where` is an SQL condition on metadata columns, evaluated in DuckDB before the vector search;
-        `params` binds its `?` placeholders.
+        `where` is an SQL condition on metadata columns, evaluated in DuckDB before the search in every
+        mode; `params` binds its `?` placeholders. `mode` is dense, lexical (BM25) or hybrid (fusion).
         """
-        vectors = self.encoder.encode(list(queries))
-        return self.search_vectors(vectors, k, where, columns, params)
+        if mode not in MODES:
+            raise UsageError(f"unknown search mode {mode!r}: use {', '.join(MODES)}")
+        gen = self.generation
+        vectors = self.encoder.encode(list(queries)) if mode != "lexical" else None
+        allowed = gen.store.filter_keys(where, params) if where else None
+        scores, keys = self._ranked(gen, queries, vectors, k, allowed, mode, fusion)
+        return self.hits(gen, scores, keys, columns)
 
     def search_vectors(
         self,
@@ -128,11 +154,42 @@ class Searcher:
         columns: Sequence[str] | None = None,
         params: Sequence[Any] | None = None,
     ) -> list[list[dict[str, Any]]]:
-        """As `search`, for query vectors already encoded."""
+        """Dense search for query vectors already encoded."""
         gen = self.generation
         allowed = gen.store.filter_keys(where, params) if where else None
         scores, keys = ann.search(gen.index, vectors, k, allowed_ids=allowed)
         return self.hits(gen, scores, keys, columns)
+
+    def _ranked(
+        self,
+        gen: Generation,
+        queries: Sequence[str],
+        vectors: np.ndarray | None,
+        k: int,
+        allowed: np.ndarray | None,
+        mode: str,
+        fusion: FusionConfig | None,
+    ) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray]]:
+        if mode == "lexical" or vectors is None:
+            return gen.lexical.search(list(queries), k, allowed)
+        if mode == "dense":
+            return ann.search(gen.index, vectors, k, allowed_ids=allowed)
+        from pipeline.fusion import FusionConfig, fuse_modes
+
+        fusion = fusion or FusionConfig()
+        depth = max(k, fusion.depth)
+        lexical = gen.lexical.search(list(queries), depth, allowed)
+        dense_scores, dense_keys = ann.search(gen.index, vectors, depth, allowed_ids=allowed)
+        out_scores, out_keys = [], []
+        for i in range(len(queries)):
+            per_mode = {
+                "dense": (dense_scores[i][None, :], dense_keys[i][None, :]),
+                "lexical": (lexical[0][i][None, :], lexical[1][i][None, :]),
+            }
+            fused_scores, fused_keys = fuse_modes(per_mode, k, fusion)
+            out_scores.append(fused_scores[0])
+            out_keys.append(fused_keys[0])
+        return out_scores, out_keys
 
     def hits(
         self, gen: Generation, scores: Sequence[np.ndarray], keys: Sequence[np.ndarray], columns: Sequence[str] | None
@@ -162,8 +219,6 @@ class Searcher:
             return available
         unknown = [c for c in columns if c not in available]
         if unknown:
-            from pipeline.errors import UsageError
-
             raise UsageError(f"unknown column(s) {', '.join(unknown)}; the index has: {', '.join(available)}")
         return list(columns)
 

@@ -7,6 +7,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -43,6 +44,21 @@ from pipeline.cli.output import format_table, handle_errors
     default=None,
     help="Write --queries results here (.parquet or .jsonl).",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["dense", "lexical", "hybrid"]),
+    default="dense",
+    show_default=True,
+    help="Dense vectors, BM25, or both fused.",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["rrf", "minmax", "zscore"]),
+    default="rrf",
+    show_default=True,
+    help="How hybrid mode fuses the two lists.",
+)
+@click.option("--weights", default=None, help="Hybrid weights, e.g. dense=1,lexical=0.3 (the default).")
 @click.option("--model", "-m", default=None, help="Model to encode with; must match the index's manifest.")
 @device_option
 @handle_errors
@@ -57,6 +73,9 @@ def query(
     queries_file: Path | None,
     query_column: str,
     output: Path | None,
+    mode: str,
+    fusion: str,
+    weights: str | None,
     model: str | None,
     device: str,
 ) -> None:
@@ -70,6 +89,7 @@ def query(
     if text is not None and not text.strip():
         raise click.UsageError("the query text is empty")
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    fusion_config = _fusion_config(fusion, weights)
     searcher = Searcher(resolve_name(index_dir, name), model=model, encoder=EncoderConfig(device=device))
     try:
         if queries_file is not None:
@@ -80,15 +100,34 @@ def query(
             if fmt not in ("jsonl", "parquet"):
                 raise click.UsageError("--queries writes jsonl or parquet")
             pairs = read_queries(queries_file, query_column)
-            count = write_hits(run_queries(searcher, pairs, top_k, where, cols), output, fmt)
+            hits_iter = run_queries(searcher, pairs, top_k, where, cols, mode=mode, fusion=fusion_config)
+            count = write_hits(hits_iter, output, fmt)
             if output is not None:
                 click.echo(f"{count} hits for {len(pairs)} queries written to {output}", err=True)
             return
         assert text is not None
-        hits = searcher.search([text], top_k, where, cols)[0]
+        hits = searcher.search([text], top_k, where, cols, mode=mode, fusion=fusion_config)[0]
         _print_hits(hits, fmt or "table")
     finally:
         searcher.close()
+
+
+def _fusion_config(method: str, weights: str | None) -> Any:
+    from pipeline.fusion import FusionConfig
+
+    if not weights:
+        return FusionConfig(method=method)
+    parsed = {}
+    for part in weights.split(","):
+        name, _, value = part.partition("=")
+        try:
+            parsed[name.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is not mode=weight", param_hint="--weights") from None
+    unknown = set(parsed) - {"dense", "lexical"}
+    if unknown:
+        raise click.BadParameter(f"unknown mode(s) {', '.join(sorted(unknown))}", param_hint="--weights")
+    return FusionConfig(method=method, weights=parsed)
 
 
 def _print_hits(hits: list[dict], fmt: str) -> None:

@@ -1,0 +1,82 @@
+"""Dense, lexical and hybrid query modes through the CLI; filters apply to every mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run, write_parquet
+
+ROWS = [
+    {"id": 1, "text": "the river flows past the old mill", "kind": "a"},
+    {"id": 2, "text": "order part number XK-4471 for the pump", "kind": "b"},
+    {"id": 3, "text": "a quiet city garden in the rain", "kind": "a"},
+    {"id": 4, "text": "bank interest rates and money markets", "kind": "b"},
+    {"id": 5, "text": "football team wins the cup final", "kind": "a"},
+    {"id": 6, "text": "replacement pump XK-4471 out of stock", "kind": "a"},
+]
+
+
+@pytest.fixture(scope="module")
+def idx(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    root = tmp_path_factory.mktemp("modes")
+    data = write_parquet(root / "c.parquet", ROWS)
+    result = run(
+        "index",
+        data,
+        "--index-dir",
+        root / "idx",
+        "--model",
+        tiny_model,
+        "--id-column",
+        "id",
+        "--backend",
+        "torch",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    return root / "idx"
+
+
+def query(idx: Path, *args: str) -> list[dict]:
+    result = run("query", *args, "--index-dir", idx, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_lexical_mode_finds_exact_codes(idx: Path) -> None:
+    hits = query(idx, "XK-4471", "--mode", "lexical", "-k", "5")
+    assert {h["id"] for h in hits} == {2, 6}
+
+
+def test_filters_apply_to_lexical_and_hybrid(idx: Path) -> None:
+    assert [h["id"] for h in query(idx, "XK-4471", "--mode", "lexical", "--where", "kind = 'a'")] == [6]
+    hybrid = query(idx, "XK-4471 pump", "--mode", "hybrid", "-k", "3", "--where", "kind = 'a'")
+    assert len(hybrid) == 3 and all(h["kind"] == "a" for h in hybrid) and hybrid[0]["id"] == 6
+
+
+def test_hybrid_ranks_lexical_matches_and_fills_k(idx: Path) -> None:
+    hits = query(idx, "XK-4471", "--mode", "hybrid", "-k", "4", "--weights", "dense=0.2,lexical=1")
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4] and {hits[0]["id"], hits[1]["id"]} == {2, 6}
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_manifest_records_lexical_side(idx: Path) -> None:
+    manifest = json.loads((idx / "default" / "gen-000001" / "manifest.json").read_text())
+    assert manifest["lexical"]["type"] == "bm25" and manifest["lexical"]["docs"] == len(ROWS)
+
+
+def test_bad_weights_are_a_usage_error(idx: Path) -> None:
+    result = run("query", "x", "--index-dir", idx, "--mode", "hybrid", "--weights", "sparse=1")
+    assert result.exit_code == 2 and "unknown mode(s) sparse" in result.output
+
+
+def test_index_without_lexical_side_refuses_lexical_mode(idx: Path) -> None:
+    manifest_file = idx / "default" / "gen-000001" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["lexical"] = None
+    manifest_file.write_text(json.dumps(manifest))
+    result = run("query", "XK-4471", "--index-dir", idx, "--mode", "lexical")
+    assert result.exit_code == 2 and "has no lexical side" in result.stderr
