@@ -185,7 +185,7 @@ def build_training_columns(data: PairData, loss: str) -> dict[str, list[Any]]:
         what = "(anchor, entailment, contradiction) triplets"
     elif loss == "softmax":
         assert data.labels is not None
-        columns = {"premise": data.sentence1, "hypothesis": data.sentence2, "label": data.labels}
+        columns = {"sentence1": data.sentence1, "sentence2": data.sentence2, "label": data.labels}
         what = "labelled pairs"
     else:
         columns = {"sentence1": data.sentence1, "sentence2": data.sentence2, "score": data.unit_scores()}
