@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "encode": ("pipeline.cli.bench_encode", "Encoder throughput against sentence-transformers' encode."),
     "index": ("pipeline.cli.bench_index", "Index build time, memory, size, recall and latency."),
     "serve": ("pipeline.cli.bench_serve", "Server QPS and latency under concurrent clients."),
+    "incremental": ("pipeline.cli.bench_incremental", "Full build vs a 1% incremental run vs a no-op run."),
 }
 
 
