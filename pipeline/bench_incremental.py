@@ -24,7 +24,24 @@ def corpus_texts(data_dir: Path, n: int) -> tuple[list[str], str]:
     import random
 
     rng = random.Random(0)
-    words = "the a search index vector query river city music film bank market team game court law".split()
+    words = [
+        "the",
+        "a",
+        "search",
+        "index",
+        "vector",
+        "query",
+        "river",
+        "city",
+        "music",
+        "film",
+        "bank",
+        "market",
+        "team",
+        "game",
+        "court",
+        "law",
+    ]
     return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 30))) for _ in range(n)], "synthetic text"
 
 
