@@ -1,0 +1,196 @@
+"""STS evaluation and the pair-data readers: layouts, splits, correlations against an independent path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.errors import DataError
+from pipeline.evaluate import cosine_scores, evaluate_sts, load_sts_pairs, score_pairs
+from pipeline.training_data import Columns, detect_format, load_pairs
+from tests.conftest import sample_texts
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Any:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def own_cosines(model_dir: Path, s1: list[str], s2: list[str]) -> np.ndarray:
+    """Cosine similarities through sentence-transformers directly: an independent path from the Encoder."""
+    from pipeline.model import load_sentence_transformer, resolve_model
+
+    st = load_sentence_transformer(resolve_model(str(model_dir)))
+    return cosine_scores(np.asarray(st.encode(s1)), np.asarray(st.encode(s2)))
+
+
+def sts_file(path: Path, s1: list[str], s2: list[str], scores: list[float]) -> Path:
+    lines = []
+    for i, (a, b, score) in enumerate(zip(s1, s2, scores, strict=True)):
+        extra = "\tsource-a\tsource-b" if i % 3 == 0 else ""  # real rows carry extra trailing columns
+        lines.append(f"main-forum\tdeft\t2016\t{i:04d}\t{score:.6f}\t{a}\t{b}{extra}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs() -> tuple[list[str], list[str]]:
+    s1 = sample_texts(30, seed=11)
+    s2 = [t if i % 4 == 0 else " ".join(t.split()[: 1 + i % 5]) for i, t in enumerate(sample_texts(30, seed=12))]
+    s1[3] = 'He said "hello" and left'  # a quote must not start a csv-quoted field
+    s2[3] = 'He said "bye'
+    return s1, s2
+
+
+def test_sts_eval_matches_an_independent_cosine_path(
+    tiny_model: Path, pairs: tuple[list[str], list[str]], tmp_path: Path
+) -> None:
+    s1, s2 = pairs
+    gold = own_cosines(tiny_model, s1, s2)
+    data = sts_file(tmp_path / "sts-test.csv", s1, s2, [5 * float(g) for g in gold])
+    result = evaluate_sts(str(tiny_model), data)
+    assert result.pairs == 30 and result.format == "sts" and result.split == "test"
+    assert result.spearman == pytest.approx(100, abs=0.5)
+    assert result.pearson == pytest.approx(100, abs=0.5)
+
+    reversed_data = sts_file(tmp_path / "rev.csv", s1, s2, [-float(g) for g in gold])
+    assert evaluate_sts(str(tiny_model), reversed_data).spearman == pytest.approx(-100, abs=0.5)
+
+
+def test_sts_eval_on_unrelated_scores_is_far_from_perfect(
+    tiny_model: Path, pairs: tuple[list[str], list[str]], tmp_path: Path
+) -> None:
+    s1, s2 = pairs
+    rng = np.random.default_rng(0)
+    data = sts_file(tmp_path / "sts.csv", s1, s2, list(rng.uniform(0, 5, len(s1))))
+    assert abs(evaluate_sts(str(tiny_model), data).spearman) < 60
+
+
+def test_score_pairs_encodes_each_distinct_text_once() -> None:
+    from pipeline.training_data import PairData
+
+    calls: list[list[str]] = []
+    vectors = {"a": [1.0, 0.0], "b": [0.0, 2.0], "c": [1.0, 1.0]}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return np.array([vectors[t] for t in texts])
+
+    sims = score_pairs(PairData(["a", "a", "c"], ["b", "c", "a"], scores=[0, 1, 1]), encode)
+    assert calls == [["a", "c", "b"]]
+    assert sims == pytest.approx([0.0, 1 / np.sqrt(2), 1 / np.sqrt(2)])
+
+
+def test_cli_eval_sts_json_and_table(tiny_model: Path, pairs: tuple[list[str], list[str]], tmp_path: Path) -> None:
+    s1, s2 = pairs
+    folder = tmp_path / "stsbenchmark"
+    folder.mkdir()
+    gold = own_cosines(tiny_model, s1, s2)
+    sts_file(folder / "sts-dev.csv", s1, s2, [float(g) for g in gold])
+    runner = CliRunner()
+    result = runner.invoke(cli, ["eval", "sts", "--model", str(tiny_model), "--data", str(folder), "--split", "dev",
+                                 "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["pairs"] == 30 and out["split"] == "dev" and out["spearman"] > 99.5
+
+    table = runner.invoke(cli, ["eval", "sts", "-m", str(tiny_model), "--data", str(folder / "sts-dev.csv"), "-q"])
+    assert table.exit_code == 0 and "spearman" in table.stdout and "30" in table.stdout
+
+
+def test_cli_eval_sts_bad_data(tiny_model: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["eval", "sts", "-m", str(tiny_model), "--data", str(tmp_path / "none.csv")])
+    assert missing.exit_code == DataError.exit_code and "does not exist" in missing.stderr
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("main\tf\t2012\t1\tnot-a-number\ta\tb\n")
+    wrong = runner.invoke(cli, ["eval", "sts", "-m", str(tiny_model), "--data", str(bad), "--format", "sts"])
+    assert wrong.exit_code == DataError.exit_code and "not a number" in wrong.stderr
+
+    unscored = tmp_path / "nli.parquet"
+    pq.write_table(pa.table({"premise": ["a", "b", "c"], "hypothesis": ["d", "e", "f"], "label": [0, 1, 2]}), unscored)
+    result = runner.invoke(cli, ["eval", "sts", "-m", str(tiny_model), "--data", str(unscored)])
+    assert result.exit_code == DataError.exit_code and "no similarity scores" in result.stderr
+
+
+def test_eval_table_with_named_columns(tiny_model: Path, pairs: tuple[list[str], list[str]], tmp_path: Path) -> None:
+    s1, s2 = pairs
+    gold = own_cosines(tiny_model, s1, s2)
+    data = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"q": s1, "d": s2, "sim": gold.astype(float)}), data)
+    result = evaluate_sts(str(tiny_model), data, columns=Columns(premise="q", hypothesis="d", score="sim"))
+    assert result.format == "table" and result.spearman > 99.5
+
+
+# ---- readers ---------------------------------------------------------------------------------------------
+
+
+def test_sts_reader_keeps_seven_fields_and_no_quoting(tmp_path: Path) -> None:
+    path = tmp_path / "sts.csv"
+    path.write_text('g\tf\t2012\t1\t4.5\tA "quoted\tB\textra\tmore\ng\tf\t2012\t2\t0\tC\tD\n')
+    data = load_pairs(path)
+    assert data.format == "sts" and data.sentence1 == ['A "quoted', "C"] and data.sentence2 == ["B", "D"]
+    assert data.scores == [4.5, 0.0] and data.unit_scores() == [0.9, 0.0]
+    short = tmp_path / "short.csv"
+    short.write_text("g\tf\t2012\t1\t4.5\tA\n")
+    with pytest.raises(DataError, match="7 tab-separated fields"):
+        load_pairs(short, format="sts")
+
+
+def test_snli_folder_layout(tmp_path: Path) -> None:
+    (tmp_path / "s1.dev").write_text("A man .\nA dog .\n")
+    (tmp_path / "s2.dev").write_text("A person .\nA cat .\n")
+    (tmp_path / "labels.dev").write_text("entailment\ncontradiction\n")
+    data = load_pairs(tmp_path)
+    assert data.format == "snli" and data.labels == [0, 2] and data.sentence1 == ["A man .", "A dog ."]
+    with pytest.raises(DataError, match="splits there: \\['dev'\\]"):
+        load_pairs(tmp_path, split="train")
+    (tmp_path / "labels.dev").write_text("entailment\n-\n")
+    with pytest.raises(DataError, match="'-'"):
+        load_pairs(tmp_path)
+
+
+def test_sick_layout_and_splits(tmp_path: Path) -> None:
+    header = "pair_ID\tsentence_A\tsentence_B\tentailment_label\trelatedness_score\tSemEval_set"
+    rows = ["1\ta\tb\tNEUTRAL\t4.5\tTRAIN", "2\tc\td\tENTAILMENT\t1\tTEST", "3\te\tf\tCONTRADICTION\t3\tTEST",
+            "4\tg\th\tNEUTRAL\t2\tTRIAL", "5\ti\tj\tNEUTRAL\t5\tTEST"]
+    path = tmp_path / "SICK.txt"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    assert detect_format(path) == "sick"
+    test = load_pairs(path, split="test")
+    assert test.sentence1 == ["c", "e", "i"] and test.labels == [0, 2, 1]
+    assert test.unit_scores() == [0.0, 0.5, 1.0]
+    assert load_sts_pairs(path).split == "test"  # evaluation defaults to SICK's test split
+    assert load_pairs(path).split == "train" and len(load_pairs(path, split="all")) == 5
+
+
+def test_table_reader_csv_and_label_forms(tmp_path: Path) -> None:
+    path = tmp_path / "nli.csv"
+    path.write_text("premise,hypothesis,label\n\"a, b\",c,Entailment\nd,e,2\nf,g,1\n")
+    data = load_pairs(path)
+    assert data.format == "table" and data.sentence1 == ["a, b", "d", "f"] and data.labels == [0, 2, 1]
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("sentence1\tsentence2\tscore\nx\ty\t0.5\nu\tv\t1\n")
+    scored = load_pairs(tsv)
+    assert scored.scores == [0.5, 1.0] and scored.labels is None
+
+
+@pytest.mark.slow
+def test_packaged_minilm_reproduces_published_sts_test(minilm_path: Path, shared_data: Path) -> None:
+    result = evaluate_sts(str(minilm_path), shared_data / "stsbenchmark", split="test")
+    assert result.pairs == 1379
+    assert result.spearman == pytest.approx(82.03, abs=0.5)
