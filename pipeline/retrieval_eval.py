@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -14,32 +13,10 @@ import numpy as np
 from pipeline.beir import QrelsCheck, check_qrels
 from pipeline.errors import DataError, UsageError
 from pipeline.fusion import FusionConfig, fuse_modes
+from pipeline.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 
 MODES = ("dense", "lexical", "hybrid")
 EVAL_DEPTH = 100  # recall@100 needs 100 results per query
-
-
-# --- metrics (graded gains, as pytrec_eval / BEIR compute them) ------------------------------------------
-def ndcg_at_k(ranked: Sequence[str], judged: Mapping[str, int], k: int = 10) -> float:
-    """nDCG@k with gain = graded relevance and discount log2(rank + 1); the ideal ranking sorts the judged grades."""
-    dcg = sum(max(judged.get(doc, 0), 0) / math.log2(rank + 1) for rank, doc in enumerate(ranked[:k], start=1))
-    ideal_grades = sorted((g for g in judged.values() if g > 0), reverse=True)[:k]
-    idcg = sum(g / math.log2(rank + 1) for rank, g in enumerate(ideal_grades, start=1))
-    return dcg / idcg if idcg > 0 else 0.0
-
-
-def recall_at_k(ranked: Sequence[str], judged: Mapping[str, int], k: int) -> float:
-    relevant = {doc for doc, g in judged.items() if g > 0}
-    if not relevant:
-        return 0.0
-    return len(relevant.intersection(ranked[:k])) / len(relevant)
-
-
-def mrr_at_k(ranked: Sequence[str], judged: Mapping[str, int], k: int = 10) -> float:
-    for rank, doc in enumerate(ranked[:k], start=1):
-        if judged.get(doc, 0) > 0:
-            return 1.0 / rank
-    return 0.0
 
 
 @dataclass
@@ -135,7 +112,7 @@ def search_modes(
     if need_dense:
         t0 = time.perf_counter()
         vectors = searcher.encoder.encode(list(queries))
-        found["dense"] = _faiss_search(searcher.generation.index, vectors, depth, None)
+        found["dense"] = padded(*_faiss_search(searcher.generation.index, vectors, depth, None), depth)
         times["dense"] = time.perf_counter() - t0
     if need_lexical:
         if lexical is None:
@@ -155,6 +132,20 @@ def search_modes(
             scores, keys = found[mode]
             out[mode] = (scores[:, :k], keys[:, :k])
     return {m: out[m] for m in modes}
+
+
+def padded(scores: Sequence[np.ndarray], keys: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ranked (scores, keys), ragged or padded, as (n, k) arrays padded with key -1."""
+    n = len(keys)
+    out_scores = np.zeros((n, k), np.float32)
+    out_keys = np.full((n, k), -1, np.int64)
+    for i, (row_scores, row_keys) in enumerate(zip(scores, keys, strict=True)):
+        row_keys = np.asarray(row_keys, dtype=np.int64)[:k]
+        kept = row_keys >= 0
+        m = int(kept.sum())
+        out_keys[i, :m] = row_keys[kept]
+        out_scores[i, :m] = np.asarray(row_scores, dtype=np.float32)[:k][kept]
+    return out_scores, out_keys
 
 
 def _id_map(searcher: Any, keys: np.ndarray) -> dict[int, str]:
@@ -195,7 +186,8 @@ def evaluate_retrieval(
     if not qids:
         raise DataError("no query has both a text and a relevant judgement; check that the qrels match the queries")
     texts = [queries[q] for q in qids]
-    searcher.encoder  # noqa: B018 - load the model before the clock starts
+    if "dense" in modes or "hybrid" in modes:
+        searcher.encoder  # noqa: B018 - load the model before the clock starts
     timings: dict[str, float] = {}
     ranked = search_modes(searcher, texts, EVAL_DEPTH, modes, fusion, lexical, timings)
     results = []

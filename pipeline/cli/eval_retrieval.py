@@ -52,7 +52,7 @@ def _modes(text: str) -> list[str]:
     "--model",
     "-m",
     default=None,
-    help="With --beir: the model to index with (default: the project's); otherwise must match the index.",
+    help="With --beir: the model to index with (default: the existing index's, else the project's).",
 )
 @click.option(
     "--backend",
@@ -181,6 +181,7 @@ def _build_from_beir(
     from pipeline.config import BuildOptions
     from pipeline.encode import EncoderConfig
     from pipeline.layout import IndexPaths
+    from pipeline.manifest import read_manifest
     from pipeline.model import DEFAULT_MODEL
 
     assert isinstance(folder, BeirFolder)
@@ -189,6 +190,12 @@ def _build_from_beir(
     # Re-converting would change the file's mtime and make the builder re-read an unchanged corpus.
     if overwrite or not parquet.exists() or parquet.stat().st_mtime_ns < folder.corpus.stat().st_mtime_ns:
         write_corpus_parquet(folder.corpus, parquet)
+    revision = None
+    if model is None and not overwrite and paths.root.is_dir() and paths.current() is not None:
+        # an update keeps the model the index was built with
+        recorded = read_manifest(paths.require_current())["model"]
+        model = recorded["path"] if recorded.get("source") == "local" else recorded["name"]
+        revision = recorded.get("revision")
     options = BuildOptions(
         sources=[str(parquet)],
         name=name,
@@ -196,6 +203,7 @@ def _build_from_beir(
         text_column=TEXT_COLUMN,
         id_column=ID_COLUMN,
         model=model or DEFAULT_MODEL,
+        revision=revision,
         overwrite=overwrite,
         encoder=EncoderConfig(device=device, max_seq_length=max_seq_length, backend=backend),
     )

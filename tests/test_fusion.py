@@ -1,0 +1,83 @@
+"""Rank fusion: hand-computed RRF, weights, padding and the normalised score sums."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import UsageError
+from pipeline.fusion import FusionConfig, fuse, fuse_modes
+
+
+def ranked(keys: list[int], scores: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    scores = scores if scores is not None else [float(len(keys) - i) for i in range(len(keys))]
+    return np.array([scores], np.float32), np.array([keys], np.int64)
+
+
+def test_rrf_hand_computed() -> None:
+    a, b = ranked([1, 2, 3]), ranked([3, 1, 4])
+    scores, keys = fuse([a, b], k=4)
+    assert keys[0].tolist() == [1, 3, 2, 4]
+    np.testing.assert_allclose(scores[0], [1 / 61 + 1 / 62, 1 / 61 + 1 / 63, 1 / 62, 1 / 63], rtol=1e-6)
+
+
+def test_rrf_constant_and_weights() -> None:
+    a, b = ranked([1, 2, 3]), ranked([3, 1, 4])
+    _, keys = fuse([a, b], k=4, weights=[1.0, 0.0])
+    assert keys[0].tolist() == [1, 2, 3, -1]
+    # with k=0 and b weighted 3x: 3 gets 1/3 + 3/1, 1 gets 1/1 + 3/2, 4 gets 3/3, 2 gets 1/2
+    scores, keys = fuse([a, b], k=4, weights=[1.0, 3.0], rrf_k=0)
+    assert keys[0].tolist() == [3, 1, 4, 2]
+    np.testing.assert_allclose(scores[0], [1 / 3 + 3, 1 + 1.5, 1.0, 0.5], rtol=1e-6)
+
+
+def test_padding_is_ignored_and_output_padded() -> None:
+    a = ranked([7, -1, -1], [0.9, 0.0, 0.0])
+    b = ranked([-1, -1, -1], [0.0, 0.0, 0.0])
+    scores, keys = fuse([a, b], k=3)
+    assert keys[0].tolist() == [7, -1, -1] and scores[0, 1:].tolist() == [0.0, 0.0]
+    # a padded slot does not take a rank: 8 is the second real hit of its list
+    scores, keys = fuse([ranked([5, -1, 8]), ranked([8])], k=2, rrf_k=0)
+    assert keys[0].tolist() == [8, 5]
+    np.testing.assert_allclose(scores[0], [1 / 2 + 1, 1.0], rtol=1e-6)
+
+
+def test_minmax_hand_computed() -> None:
+    a = ranked([1, 2, 3], [0.9, 0.7, 0.5])  # scaled 1, .5, 0
+    b = ranked([3, 4], [10.0, 2.0])  # scaled 1, 0
+    scores, keys = fuse([a, b], k=4, method="minmax", weights=[1.0, 0.5])
+    assert keys[0].tolist() == [1, 2, 3, 4]
+    np.testing.assert_allclose(scores[0], [1.0, 0.5, 0.5, 0.0], atol=1e-6)
+
+
+def test_zscore_gives_absent_keys_the_lists_minimum() -> None:
+    a = ranked([1, 2], [3.0, 1.0])  # z = +1, -1
+    b = ranked([2, 5], [4.0, 0.0])  # z = +1, -1
+    scores, keys = fuse([a, b], k=3, method="zscore")
+    # 1: +1 + (-1 for absent from b) = 0; 2: -1 + 1 = 0; 5: -1 (absent from a) + -1 = -2
+    assert keys[0].tolist() == [1, 2, 5]
+    np.testing.assert_allclose(scores[0], [0.0, 0.0, -2.0], atol=1e-6)
+
+
+def test_fuse_modes_uses_per_mode_weights() -> None:
+    dense, lexical = ranked([1, 2]), ranked([2, 3])
+    _, keys = fuse_modes({"dense": dense, "lexical": lexical}, 3, FusionConfig(weights={"dense": 1.0, "lexical": 0.0}))
+    assert keys[0].tolist() == [1, 2, -1]
+    _, keys = fuse_modes({"dense": dense, "lexical": lexical}, 3, FusionConfig(weights={"dense": 0.0, "lexical": 1.0}))
+    assert keys[0].tolist() == [2, 3, -1]
+
+
+def test_several_queries_fuse_independently() -> None:
+    a = (np.array([[2.0, 1.0], [2.0, 1.0]], np.float32), np.array([[1, 2], [3, 4]], np.int64))
+    b = (np.array([[2.0, 1.0], [2.0, 1.0]], np.float32), np.array([[2, 1], [4, 9]], np.int64))
+    _, keys = fuse([a, b], k=2)
+    assert keys[0].tolist() == [1, 2] and keys[1].tolist() == [4, 3]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(UsageError):
+        fuse([ranked([1])], 1, method="borda")
+    with pytest.raises(UsageError):
+        fuse([ranked([1]), ranked([2])], 1, weights=[1.0])
+    with pytest.raises(UsageError):
+        FusionConfig(weights={"dense": -1.0})
