@@ -29,6 +29,7 @@ class StsResult:
     spearman: float
     pearson: float
     seconds: float
+    backend: str = ""  # the Encoder's resolved backend: torch, onnx, onnx-int8
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,5 +111,5 @@ def evaluate_sts(
     return StsResult(
         model=model, data=pairs.source, format=pairs.format, split=pairs.split or split, pairs=len(pairs),
         spearman=100 * spearman(sims, gold), pearson=100 * pearson(sims, gold),
-        seconds=round(time.monotonic() - started, 2),
+        seconds=round(time.monotonic() - started, 2), backend=str(getattr(encoder, "backend", "torch")),
     )

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from pipeline.encode import EncoderConfig
 from pipeline.errors import DataError
 from pipeline.evaluate import cosine_scores, evaluate_sts, load_sts_pairs, score_pairs
 from pipeline.training_data import Columns, detect_format, load_pairs
@@ -62,12 +63,13 @@ def test_sts_eval_matches_an_independent_cosine_path(
     gold = own_cosines(tiny_model, s1, s2)
     data = sts_file(tmp_path / "sts-test.csv", s1, s2, [5 * float(g) for g in gold])
     result = evaluate_sts(str(tiny_model), data)
-    assert result.pairs == 30 and result.format == "sts" and result.split == "test"
+    assert result.pairs == 30 and result.format == "sts" and result.split == "test" and result.backend
     assert result.spearman == pytest.approx(100, abs=0.5)
     assert result.pearson == pytest.approx(100, abs=0.5)
 
     reversed_data = sts_file(tmp_path / "rev.csv", s1, s2, [-float(g) for g in gold])
-    assert evaluate_sts(str(tiny_model), reversed_data).spearman == pytest.approx(-100, abs=0.5)
+    exact = evaluate_sts(str(tiny_model), reversed_data, encoder_config=EncoderConfig(backend="torch"))
+    assert exact.backend == "torch" and exact.spearman == pytest.approx(-100, abs=0.1)
 
 
 def test_sts_eval_on_unrelated_scores_is_far_from_perfect(

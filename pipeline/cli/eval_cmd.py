@@ -64,13 +64,16 @@ def eval_group() -> None:
 @click.option("--score-column", default=None, help="Table column of gold scores [score].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--max-seq-length", type=int, default=None, help="Truncate inputs to this many tokens.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]), default="auto",
+              show_default=True, help="Encoder backend (auto: torch on GPU, the CPU default on CPU).")
+@click.option("--threads", type=int, default=None, help="CPU threads for the forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @handle_errors
 def sts(
     model: str, data: str, split: str | None, fmt: str, sentence1_column: str | None,
     sentence2_column: str | None, score_column: str | None, device: str, max_seq_length: int | None,
-    as_json: bool, quiet: bool,
+    backend: str, threads: int | None, as_json: bool, quiet: bool,
 ) -> None:
     """Spearman and Pearson (x100) of cosine similarity against gold similarity scores."""
     from pipeline.encode import EncoderConfig
@@ -80,7 +83,7 @@ def sts(
     result = evaluate_sts(
         model, data, split=split, format=fmt,
         columns=Columns(premise=sentence1_column, hypothesis=sentence2_column, score=score_column),
-        encoder_config=EncoderConfig(device=device, max_seq_length=max_seq_length),
+        encoder_config=EncoderConfig(device=device, max_seq_length=max_seq_length, backend=backend, threads=threads),
         progress=CliProgress(enabled=not quiet),
     )
     if as_json:
@@ -88,5 +91,5 @@ def sts(
         return
     row = {"data": f"{result.data}" + (f" [{result.split}]" if result.split else ""), "pairs": result.pairs,
            "spearman": round(result.spearman, 2), "pearson": round(result.pearson, 2)}
-    click.echo(f"model: {result.model}")
+    click.echo(f"model: {result.model} (backend {result.backend})")
     click.echo(format_table([row], ["data", "pairs", "spearman", "pearson"], max_width=90))
