@@ -408,7 +408,7 @@ def _exact_hnsw(
     if isinstance(idmap, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         translated = faiss.IDSelectorTranslated(idmap.id_map, sel)
         scores, pos = storage.search(q, k, params=faiss.SearchParameters(sel=translated))
-        id_map = faiss.vector_to_array(idmap.id_map)
+        id_map = faiss.rev_swig_ptr(idmap.id_map.data(), idmap.id_map.size())  # a view, no copy
         ids = np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)
         return scores, ids
     scores, ids = storage.search(q, k, params=faiss.SearchParameters(sel=sel))

@@ -264,6 +264,7 @@ def run_index_bench(
     *,
     synthetic_n: int = 1_000_000,
     synthetic_dim: int = 512,
+    synthetic_spread: float = 0.6,
     imdb_n: int = 200_000,
     factories: list[str | None] | None = None,
     memory_budget: str | None = None,
@@ -279,9 +280,11 @@ def run_index_bench(
     for name in datasets:
         if name == "synthetic":
             t0 = time.perf_counter()
-            vectors = synthetic_clustered(synthetic_n, synthetic_dim)
+            vectors = synthetic_clustered(synthetic_n, synthetic_dim, spread=synthetic_spread)
             log.debug("synthetic vectors in %.1fs", time.perf_counter() - t0)
-            label = f"synthetic clustered {synthetic_n}x{synthetic_dim}"
+            label = f"synthetic clustered {synthetic_n}x{synthetic_dim}" + (
+                f" spread {synthetic_spread}" if synthetic_spread != 0.6 else ""
+            )
             n = synthetic_n
         elif name == "imdb":
             vectors = np.ascontiguousarray(

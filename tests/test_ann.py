@@ -326,5 +326,6 @@ def test_shared_eval_set_matches_internal_measurement(data: tuple, ivf: tuple) -
     pos = {int(i): j for j, i in enumerate(ids)}
     got = np.array([[ev.queries[r] @ x[pos[int(t)]] for t in row] for r, row in enumerate(ev.truth)])
     assert np.allclose(got, q_scores, atol=1e-5)  # exact and best first
-    index, stats = ann.build_index(source(ids, x), D, len(ids), index_type="IVF64,Flat", eval_set=ev)
-    assert stats.search_params == ivf[1].search_params or abs(stats.recall - ivf[1].recall) < 0.03
+    _, stats = ann.build_index(source(ids, x), D, len(ids), index_type="IVF64,Flat", eval_set=ev)
+    assert stats.eval_queries == 300 and stats.target_met
+    assert abs(stats.search_params["nprobe"] - ivf[1].search_params["nprobe"]) <= 8

@@ -21,6 +21,8 @@ def _default_data_dir() -> Path:
               help="Vectors to index (repeatable) [default: synthetic and imdb].")
 @click.option("--synthetic-n", type=click.IntRange(min=1000), default=1_000_000, show_default=True)
 @click.option("--synthetic-dim", type=click.IntRange(min=8), default=512, show_default=True)
+@click.option("--synthetic-spread", type=click.FloatRange(min=0.0), default=0.6, show_default=True,
+              help="Noise norm around each of the 4096 centroids (larger: clusters overlap, harder).")
 @click.option("--imdb-n", type=click.IntRange(min=1000), default=200_000, show_default=True,
               help="IMDB sentences to encode with the packaged MiniLM (cached under --cache-dir).")
 @click.option("--index-type", "index_types", multiple=True,
@@ -36,7 +38,8 @@ def _default_data_dir() -> Path:
               help="Append a markdown section with the figures to this file (e.g. docs/benchmarks.md).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @handle_errors
-def command(datasets: tuple[str, ...], synthetic_n: int, synthetic_dim: int, imdb_n: int,
+def command(datasets: tuple[str, ...], synthetic_n: int, synthetic_dim: int, synthetic_spread: float,
+            imdb_n: int,
             index_types: tuple[str, ...], memory_budget: str | None, latency_queries: int,
             filter_queries: int, data_dir: Path | None, cache_dir: Path, as_json: bool,
             record: Path | None, quiet: bool) -> None:
@@ -51,7 +54,7 @@ def command(datasets: tuple[str, ...], synthetic_n: int, synthetic_dim: int, imd
     progress = CliProgress(enabled=not quiet and not as_json)
     result = run_index_bench(
         list(datasets) or ["synthetic", "imdb"], synthetic_n=synthetic_n, synthetic_dim=synthetic_dim,
-        imdb_n=imdb_n, factories=factories, memory_budget=memory_budget, latency_queries=latency_queries,
+        synthetic_spread=synthetic_spread, imdb_n=imdb_n, factories=factories, memory_budget=memory_budget, latency_queries=latency_queries,
         filter_queries=filter_queries, data_dir=data_dir or _default_data_dir(), cache_dir=cache_dir,
         progress=progress,
     )
