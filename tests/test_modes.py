@@ -53,7 +53,9 @@ def test_lexical_mode_finds_exact_codes(idx: Path) -> None:
 
 def test_filters_apply_to_lexical_and_hybrid(idx: Path) -> None:
     assert [h["id"] for h in query(idx, "XK-4471", "--mode", "lexical", "--where", "kind = 'a'")] == [6]
-    hybrid = query(idx, "XK-4471 pump", "--mode", "hybrid", "-k", "3", "--where", "kind = 'a'")
+    hybrid = query(
+        idx, "XK-4471 pump", "--mode", "hybrid", "-k", "3", "--where", "kind = 'a'", "--weights", "dense=0.2,lexical=1"
+    )
     assert len(hybrid) == 3 and all(h["kind"] == "a" for h in hybrid) and hybrid[0]["id"] == 6
 
 

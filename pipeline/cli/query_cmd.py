@@ -54,11 +54,10 @@ from pipeline.cli.output import format_table, handle_errors
 @click.option(
     "--fusion",
     type=click.Choice(["rrf", "minmax", "zscore"]),
-    default="rrf",
-    show_default=True,
-    help="How hybrid mode fuses the two lists.",
+    default=None,
+    help="How hybrid mode fuses the two lists [default: zscore, measured in docs/quality.md].",
 )
-@click.option("--weights", default=None, help="Hybrid weights, e.g. dense=1,lexical=0.3 (the default).")
+@click.option("--weights", default=None, help="Hybrid weights, e.g. dense=1,lexical=0.2 (the default).")
 @click.option("--model", "-m", default=None, help="Model to encode with; must match the index's manifest.")
 @device_option
 @handle_errors
@@ -74,7 +73,7 @@ def query(
     query_column: str,
     output: Path | None,
     mode: str,
-    fusion: str,
+    fusion: str | None,
     weights: str | None,
     model: str | None,
     device: str,
@@ -112,9 +111,11 @@ def query(
         searcher.close()
 
 
-def _fusion_config(method: str, weights: str | None) -> Any:
+def _fusion_config(method: str | None, weights: str | None) -> Any:
     from pipeline.fusion import FusionConfig
 
+    base = FusionConfig()
+    method = method or base.method
     if not weights:
         return FusionConfig(method=method)
     parsed = {}
