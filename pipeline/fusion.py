@@ -94,7 +94,10 @@ def _contributions(scores: np.ndarray, method: str, rrf_k: float) -> tuple[np.nd
         scaled = (scores - low) / (high - low) if high > low else np.ones_like(scores)
         return scaled, 0.0
     std = scores.std()
-    z = (scores - scores.mean()) / std if std > 0 else np.zeros_like(scores)
+    if std == 0:
+        # one hit (or all tied): nothing to standardise, but being in the list still beats being absent
+        return np.ones_like(scores), 0.0
+    z = (scores - scores.mean()) / std
     return z, float(z.min())
 
 
