@@ -114,3 +114,17 @@ def fuse_modes(
         weights=[float(config.weights.get(m, 1.0)) for m in names],
         rrf_k=config.rrf_k,
     )
+
+
+def padded(scores: Sequence[np.ndarray], keys: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ranked (scores, keys), ragged or padded, as (n, k) arrays padded with key -1."""
+    n = len(keys)
+    out_scores = np.zeros((n, k), np.float32)
+    out_keys = np.full((n, k), -1, np.int64)
+    for i, (row_scores, row_keys) in enumerate(zip(scores, keys, strict=True)):
+        row_keys = np.asarray(row_keys, dtype=np.int64)[:k]
+        kept = row_keys >= 0
+        m = int(kept.sum())
+        out_keys[i, :m] = row_keys[kept]
+        out_scores[i, :m] = np.asarray(row_scores, dtype=np.float32)[:k][kept]
+    return out_scores, out_keys

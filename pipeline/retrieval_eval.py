@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.beir import QrelsCheck, check_qrels
 from pipeline.errors import DataError, UsageError
-from pipeline.fusion import FusionConfig, fuse_modes
+from pipeline.fusion import FusionConfig, fuse_modes, padded
 from pipeline.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 
 MODES = ("dense", "lexical", "hybrid")
@@ -98,7 +98,7 @@ def search_modes(
     `lexical` is an open LexicalIndex (default: the generation's `lexical/` folder); `timings`, when given,
     receives each mode's seconds, hybrid counting both searches and the fusion.
     """
-    from pipeline.search import _faiss_search
+    from pipeline import ann
 
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -112,7 +112,7 @@ def search_modes(
     if need_dense:
         t0 = time.perf_counter()
         vectors = searcher.encoder.encode(list(queries))
-        found["dense"] = padded(*_faiss_search(searcher.generation.index, vectors, depth, None), depth)
+        found["dense"] = padded(*ann.search(searcher.generation.index, vectors, depth), depth)
         times["dense"] = time.perf_counter() - t0
     if need_lexical:
         if lexical is None:
@@ -132,20 +132,6 @@ def search_modes(
             scores, keys = found[mode]
             out[mode] = (scores[:, :k], keys[:, :k])
     return {m: out[m] for m in modes}
-
-
-def padded(scores: Sequence[np.ndarray], keys: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ranked (scores, keys), ragged or padded, as (n, k) arrays padded with key -1."""
-    n = len(keys)
-    out_scores = np.zeros((n, k), np.float32)
-    out_keys = np.full((n, k), -1, np.int64)
-    for i, (row_scores, row_keys) in enumerate(zip(scores, keys, strict=True)):
-        row_keys = np.asarray(row_keys, dtype=np.int64)[:k]
-        kept = row_keys >= 0
-        m = int(kept.sum())
-        out_keys[i, :m] = row_keys[kept]
-        out_scores[i, :m] = np.asarray(row_scores, dtype=np.float32)[:k][kept]
-    return out_scores, out_keys
 
 
 def _id_map(searcher: Any, keys: np.ndarray) -> dict[int, str]:
@@ -209,22 +195,3 @@ def evaluate_retrieval(
         qrels=check,
         fusion={"method": fusion.method, "weights": dict(fusion.weights), "rrf_k": fusion.rrf_k, "depth": fusion.depth},
     )
-
-
-def ensure_lexical(paths: Any, text_column: str | None = None) -> bool:
-    """Build `lexical/` in the live generation if it has none (until the builder writes it); True if built."""
-    from pipeline.lexical import LEXICAL_DIR, build_lexical, docs_chunks
-    from pipeline.manifest import read_manifest
-    from pipeline.store import DB_NAME, Store
-
-    gen = paths.require_current()
-    target = gen / LEXICAL_DIR
-    if target.is_dir():
-        return False
-    column = text_column or read_manifest(gen)["corpus"]["text_column"]
-    store = Store(gen / DB_NAME, read_only=True)
-    try:
-        build_lexical(docs_chunks(store.con, column), target)
-    finally:
-        store.close()
-    return True

@@ -169,30 +169,25 @@ class Searcher:
         allowed: np.ndarray | None,
         mode: str,
         fusion: FusionConfig | None,
-    ) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray]]:
+    ) -> tuple[Sequence[np.ndarray] | np.ndarray, Sequence[np.ndarray] | np.ndarray]:
         if mode == "lexical" or vectors is None:
             return gen.lexical.search(list(queries), k, allowed)
         if mode == "dense":
             return ann.search(gen.index, vectors, k, allowed_ids=allowed)
-        from pipeline.fusion import FusionConfig, fuse_modes
+        from pipeline.fusion import FusionConfig, fuse_modes, padded
 
         fusion = fusion or FusionConfig()
         depth = max(k, fusion.depth)
+        dense = padded(*ann.search(gen.index, vectors, depth, allowed_ids=allowed), depth)
         lexical = gen.lexical.search(list(queries), depth, allowed)
-        dense_scores, dense_keys = ann.search(gen.index, vectors, depth, allowed_ids=allowed)
-        out_scores, out_keys = [], []
-        for i in range(len(queries)):
-            per_mode = {
-                "dense": (dense_scores[i][None, :], dense_keys[i][None, :]),
-                "lexical": (lexical[0][i][None, :], lexical[1][i][None, :]),
-            }
-            fused_scores, fused_keys = fuse_modes(per_mode, k, fusion)
-            out_scores.append(fused_scores[0])
-            out_keys.append(fused_keys[0])
-        return out_scores, out_keys
+        return fuse_modes({"dense": dense, "lexical": lexical}, k, fusion)
 
     def hits(
-        self, gen: Generation, scores: Sequence[np.ndarray], keys: Sequence[np.ndarray], columns: Sequence[str] | None
+        self,
+        gen: Generation,
+        scores: Sequence[np.ndarray] | np.ndarray,
+        keys: Sequence[np.ndarray] | np.ndarray,
+        columns: Sequence[str] | None,
     ) -> list[list[dict[str, Any]]]:
         """Join ranked (score, key) rows to their metadata in one DuckDB query, keeping the order."""
         shown = self._shown_columns(columns)
@@ -233,8 +228,3 @@ def _recorded_ref(recorded: dict[str, Any]) -> ModelRef:
             raise ModelError(f"the index's model directory {path} no longer exists; pass --model PATH to a copy of it")
         return resolve_model(str(path))
     return resolve_model(recorded["name"], recorded.get("revision"))
-
-
-def _faiss_search(index: Any, vectors: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[Any, Any]:
-    """Kept for pipeline.retrieval_eval until it moves to Searcher's modes."""
-    return ann.search(index, vectors, k, allowed_ids=allowed)

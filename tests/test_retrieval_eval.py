@@ -13,7 +13,8 @@ from click.testing import CliRunner, Result
 
 from pipeline.cli.eval_retrieval import retrieval
 from pipeline.errors import UsageError
-from pipeline.retrieval_eval import padded, score_run
+from pipeline.fusion import padded
+from pipeline.retrieval_eval import score_run
 from tests.conftest import sample_texts
 from tests.test_beir import write_beir
 

@@ -112,8 +112,7 @@ def retrieval(
     from pipeline.errors import UsageError
     from pipeline.fusion import FusionConfig
     from pipeline.layout import resolve_name
-    from pipeline.lock import IndexLock
-    from pipeline.retrieval_eval import ensure_lexical, evaluate_retrieval
+    from pipeline.retrieval_eval import evaluate_retrieval
     from pipeline.search import Searcher
 
     chosen = _modes(modes)
@@ -132,9 +131,6 @@ def retrieval(
         _build_from_beir(folder, index_dir, name, model, backend, max_seq_length, overwrite, device, quiet or as_json)
         model = None  # the searcher takes the model the manifest records
     paths = resolve_name(index_dir, name)
-    if folder is not None:
-        with IndexLock(paths.lock_file):
-            ensure_lexical(paths)
     config = FusionConfig()
     if fusion is not None:
         config = replace(config, method=fusion)
