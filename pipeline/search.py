@@ -46,7 +46,9 @@ class Generation:
         manifest = read_manifest(path)
         file = path / VECTORS_FILE
         try:
-            index = ann.load_index(file, params=manifest["index"].get("search_params"))
+            index = ann.load_index(
+                file, params=manifest["index"].get("search_params"), expected_bytes=manifest["index"].get("index_bytes")
+            )
         except IndexCorruptError as exc:
             raise IndexCorruptError(f"{exc}; rebuild the index with --overwrite") from None
         if index.ntotal != manifest["counts"]["rows"]:

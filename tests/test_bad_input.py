@@ -115,10 +115,13 @@ def built(good: Path, tmp_path: Path, tiny_model: Path) -> Path:
     return tmp_path / "idx"
 
 
-def test_corrupt_vector_index_at_query_time(built: Path) -> None:
+def test_truncated_or_corrupt_vector_index_at_query_time(built: Path) -> None:
     faiss_file = built / "t" / "gen-000001" / "vectors.faiss"
-    faiss_file.write_bytes(faiss_file.read_bytes()[:100])
-    _one_line_error(run("query", "river", "--index-dir", built), 1, "is corrupt")
+    good = faiss_file.read_bytes()
+    faiss_file.write_bytes(good[:100])
+    _one_line_error(run("query", "river", "--index-dir", built), 1, "(truncated?); rebuild the index with --overwrite")
+    faiss_file.write_bytes(b"\x00" * len(good))
+    _one_line_error(run("query", "river", "--index-dir", built), 1, "is corrupt or truncated")
 
 
 def test_missing_vector_index_file(built: Path) -> None:
