@@ -193,6 +193,9 @@ def test_table_reader_csv_and_label_forms(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_packaged_minilm_reproduces_published_sts_test(minilm_path: Path, shared_data: Path) -> None:
-    result = evaluate_sts(str(minilm_path), shared_data / "stsbenchmark", split="test")
-    assert result.pairs == 1379
-    assert result.spearman == pytest.approx(82.03, abs=0.5)
+    data = shared_data / "stsbenchmark"
+    exact = evaluate_sts(str(minilm_path), data, split="test", encoder_config=EncoderConfig(backend="torch"))
+    assert exact.pairs == 1379
+    assert exact.spearman == pytest.approx(82.03, abs=0.5)  # measured 82.03
+    default = evaluate_sts(str(minilm_path), data, split="test")  # the CPU default backend (int8 on CPU)
+    assert default.spearman == pytest.approx(82.03, abs=0.5)  # measured 81.98 with onnx-int8
