@@ -119,7 +119,7 @@ def load_sentence_transformer(
         if (path / "modules.json").exists():
             model = SentenceTransformer(str(path), device=device, local_files_only=True)
         else:
-            transformer = Transformer(str(path), max_seq_length=max_seq_length or 512)
+            transformer = Transformer(str(path), max_seq_length=max_seq_length or _position_limit(path))
             pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
             model = SentenceTransformer(modules=[transformer, pooling], device=device)
     except Exception as exc:
@@ -127,6 +127,17 @@ def load_sentence_transformer(
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model
+
+
+def _position_limit(path: Path, default: int = 512) -> int:
+    """The longest input a plain BERT directory's position table allows (capped at 512)."""
+    import json
+
+    try:
+        positions = json.loads((path / "config.json").read_text()).get("max_position_embeddings", default)
+    except (OSError, ValueError):
+        return default
+    return int(min(default, positions))
 
 
 def pooling_mode(model: SentenceTransformer) -> str:
