@@ -41,6 +41,7 @@ class ServeBenchConfig:
     max_wait_ms: float = 5.0
     compare_unbatched: bool = True  # also run with --max-batch 1
     device: str = "cpu"
+    threads: int | None = None  # server CPU threads (None: all cores)
     time_limit_s: float = 300.0  # per run: a run stops by itself after this long
     startup_timeout_s: float = 600.0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -169,6 +170,7 @@ class ServerProcess:
         max_wait_ms: float,
         device: str,
         extra_env: dict[str, str] | None = None,
+        threads: int | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -335,6 +337,7 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
             config.max_wait_ms,
             config.device,
             config.extra_env,
+            config.threads,
         )
         try:
             server.wait_ready(config.startup_timeout_s)
@@ -433,7 +436,7 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"Index: {idx['rows']} rows = the first sentence of each of the first {idx['rows']} IMDB reviews "
         f"(HTML removed, cut to {SENTENCE_WORDS} words, about 32 tokens), model {idx['model']}, "
-        f"FAISS {idx['index_type']}. Queries: the second sentence of reviews; k={cfg['k']}. "
+        f"FAISS {idx['index_type']}, server threads {cfg.get('threads') or 'all cores'}. Queries: the second sentence of reviews; k={cfg['k']}. "
         f"Each run: {cfg['requests']} requests after {cfg['warmup']} warm-up requests, server and "
         f"clients (asyncio + httpx, one connection per client) on the same machine over loopback.",
         "",

@@ -57,6 +57,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 60.0
     max_queue: int = 10_000
+    threads: int | None = None  # CPU threads for the encoder and FAISS; None: the encoder's default (all cores)
     warmup: bool = True  # encode one text at load so the first request is not slow
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -339,7 +340,11 @@ class ServerState:
                 paths = list_indexes(cfg.index_dir)
                 if not paths:
                     raise IndexNotFoundError(f"no index in {cfg.index_dir}; build one with `bmsearch index`")
-            encoder = EncoderConfig(device=cfg.device, tokenizer_workers=0)
+            encoder = EncoderConfig(device=cfg.device, tokenizer_workers=0, threads=cfg.threads)
+            if cfg.threads:
+                import faiss
+
+                faiss.omp_set_num_threads(cfg.threads)
             searchers: dict[str, Searcher] = {}
             for p in paths:
                 if self._stop.is_set():

@@ -52,6 +52,7 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
     help="Also run the same load with --max-batch 1 and report the gain.",
 )
 @click.option("--device", default="cpu", show_default=True, help="Device of the server: cpu, cuda or auto.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Server CPU threads [default: all cores].")
 @click.option(
     "--time-limit",
     type=click.FloatRange(min=1),
@@ -81,6 +82,7 @@ def command(
     max_wait_ms: float,
     compare: bool,
     device: str,
+    threads: int | None,
     time_limit: float,
     as_json: bool,
     record: Path | None,
@@ -112,6 +114,7 @@ def command(
         max_wait_ms=max_wait_ms,
         compare_unbatched=compare,
         device=device,
+        threads=threads,
         time_limit_s=time_limit,
     )
     result = run_serve_bench(config, CliProgress(enabled=not quiet and not as_json))

@@ -53,6 +53,12 @@ from pipeline.cli.output import handle_errors
 @click.option("--model", "-m", default=None, help="Model to encode with; must match the indexes' manifests.")
 @device_option
 @click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for the encoder and FAISS [default: all cores]; 1 is best on a busy machine.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -71,6 +77,7 @@ def serve(
     max_body_bytes: int,
     model: str | None,
     device: str,
+    threads: int | None,
     log_level: str,
 ) -> None:
     """Serve indexes over HTTP: POST /search, GET /indexes, /health, /metrics, /docs.
@@ -97,6 +104,7 @@ def serve(
         model=model,
         reload_interval_s=reload_interval,
         max_body_bytes=max_body_bytes,
+        threads=threads,
     )
     uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=log_level == "debug")
 
