@@ -142,10 +142,30 @@ class Searcher:
         """
         if mode not in MODES:
             raise UsageError(f"unknown search mode {mode!r}: use {', '.join(MODES)}")
-        gen = self.generation
         vectors = self.encoder.encode(list(queries)) if mode != "lexical" else None
+        return self.search_encoded(queries, vectors, k, where, columns, params, mode, fusion)
+
+    def search_encoded(
+        self,
+        queries: Sequence[str] | None,
+        vectors: np.ndarray | None,
+        k: int = 10,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        params: Sequence[Any] | None = None,
+        mode: str = "dense",
+        fusion: FusionConfig | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """As `search`, with the query vectors already encoded (None for lexical mode, which needs only text)."""
+        if mode not in MODES:
+            raise UsageError(f"unknown search mode {mode!r}: use {', '.join(MODES)}")
+        if mode != "dense" and queries is None:
+            raise UsageError(f"{mode} search needs the query texts")
+        if mode != "lexical" and vectors is None:
+            raise UsageError(f"{mode} search needs the query vectors")
+        gen = self.generation
         allowed = gen.store.filter_keys(where, params) if where else None
-        scores, keys = self._ranked(gen, queries, vectors, k, allowed, mode, fusion)
+        scores, keys = self._ranked(gen, queries or [], vectors, k, allowed, mode, fusion)
         return self.hits(gen, scores, keys, columns)
 
     def search_vectors(
@@ -157,10 +177,7 @@ class Searcher:
         params: Sequence[Any] | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Dense search for query vectors already encoded."""
-        gen = self.generation
-        allowed = gen.store.filter_keys(where, params) if where else None
-        scores, keys = ann.search(gen.index, vectors, k, allowed_ids=allowed)
-        return self.hits(gen, scores, keys, columns)
+        return self.search_encoded(None, vectors, k, where, columns, params, "dense")
 
     def _ranked(
         self,
@@ -192,7 +209,7 @@ class Searcher:
         columns: Sequence[str] | None,
     ) -> list[list[dict[str, Any]]]:
         """Join ranked (score, key) rows to their metadata in one DuckDB query, keeping the order."""
-        shown = self._shown_columns(columns)
+        shown = self._shown_columns(gen, columns)
         id_column = gen.manifest["corpus"]["id_column"]
         flat_keys = [int(key) for row in keys for key in row if key >= 0]
         fetched = [KEY, *shown] + ([id_column] if id_column and id_column not in shown else [])
@@ -210,8 +227,8 @@ class Searcher:
             results.append(hits)
         return results
 
-    def _shown_columns(self, columns: Sequence[str] | None) -> list[str]:
-        available = self.columns()
+    def _shown_columns(self, gen: Generation, columns: Sequence[str] | None) -> list[str]:
+        available = [c for c in gen.store.columns() if c not in HIDDEN_COLUMNS]
         if not columns:
             return available
         unknown = [c for c in columns if c not in available]

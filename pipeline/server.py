@@ -250,7 +250,7 @@ class JobResult:
 
 def process_jobs(jobs: list[SearchJob], metrics: ServerMetrics | None = None) -> list[JobResult | BaseException]:
     """Encode every job's queries with one encoder call per index, then search each group of jobs that
-    share k, filter and columns with one search_vectors call."""
+    share k, filter, columns and mode with one search_encoded call."""
     import numpy as np
 
     results: list[JobResult | BaseException | None] = [None] * len(jobs)
@@ -274,14 +274,23 @@ def process_jobs(jobs: list[SearchJob], metrics: ServerMetrics | None = None) ->
             job = jobs[i]
             part = vectors[start : start + len(job.queries)]
             start += len(job.queries)
-            key = (job.k, job.where, tuple(job.params), tuple(job.columns) if job.columns is not None else None)
+            key = (
+                job.k,
+                job.where,
+                tuple(job.params),
+                tuple(job.columns) if job.columns is not None else None,
+                job.mode,
+            )
             groups.setdefault(key, []).append((i, part))
         for group in groups.values():
             job = jobs[group[0][0]]
             generation = searcher.generation.number
             try:
                 stacked = np.concatenate([part for _, part in group]) if len(group) > 1 else group[0][1]
-                hits = searcher.search_vectors(stacked, job.k, job.where, job.columns, job.params or None)
+                texts = [q for i, _ in group for q in jobs[i].queries]
+                hits = searcher.search_encoded(
+                    texts, stacked, job.k, job.where, job.columns, job.params or None, job.mode
+                )
             except BaseException as exc:
                 for i, _ in group:
                     results[i] = exc
@@ -444,16 +453,13 @@ class ServerState:
 
 
 def _has_lexical_side(searcher: Searcher) -> bool:
-    return bool(searcher.manifest.get("lexical")) or (searcher.generation.path / "lexical").is_dir()
+    return bool(searcher.manifest.get("lexical"))
 
 
 def check_mode(name: str, searcher: Searcher, mode: str) -> None:
-    """Only dense search is implemented by Searcher for now; lexical and hybrid are refused clearly."""
-    if mode == "dense":
-        return
-    if not _has_lexical_side(searcher):
+    """Lexical and hybrid modes need the index's BM25 side; refuse them clearly where it is absent."""
+    if mode != "dense" and not _has_lexical_side(searcher):
         raise ApiError(400, "mode_unavailable", f"mode {mode!r} needs a lexical (BM25) side; index {name!r} has none")
-    raise ApiError(400, "mode_unavailable", f"mode {mode!r} is not served yet; use mode 'dense'")
 
 
 # --- the ASGI guard: auth, body limit, metrics, last-resort 500 ----------------------------------

@@ -220,8 +220,6 @@ BAD = [
     (b'{"query": "x", "surprise": 1}', 422, "invalid_request"),
     (b'{"query": "x", "index": "nope"}', 404, "unknown_index"),
     (b'{"query": "x", "mode": "fuzzy"}', 422, "invalid_mode"),
-    (b'{"query": "x", "mode": "lexical"}', 400, "mode_unavailable"),
-    (b'{"query": "x", "mode": "hybrid"}', 400, "mode_unavailable"),
     (b'{"query": "x", "columns": ["nope"]}', 400, "unknown_column"),
     (b'{"query": "x", "columns": ["_key"]}', 400, "unknown_column"),
     (b'{"query": "x", "filter": [{"field": "nope", "op": "eq", "value": 1}]}', 400, "unknown_field"),
@@ -242,6 +240,24 @@ def test_bad_requests_get_json_errors(client: TestClient, body: bytes, status: i
     assert (response.status_code, response.json()["error"]["code"]) == (status, code), response.text
     assert response.json()["error"]["message"]
     assert client.post("/search", json={"query": "still here", "k": 1}).status_code == 200
+
+
+def test_lexical_and_hybrid_modes_with_filters(client: TestClient, rows: list[dict[str, Any]]) -> None:
+    target = rows[7]
+    word = max(target["text"].split(), key=len)
+    lexical = client.post("/search", json={"query": word, "k": 5, "mode": "lexical"}).json()["results"][0]["hits"]
+    assert lexical and all(word in h["text"].split() for h in lexical)
+    body = {"query": word, "k": 4, "mode": "hybrid", "filter": [{"field": "genre", "op": "eq", "value": "comedy"}]}
+    hybrid = client.post("/search", json=body).json()["results"][0]["hits"]
+    assert len(hybrid) == 4 and all(h["genre"] == "comedy" for h in hybrid)
+
+
+def test_mode_needs_a_lexical_side(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import server
+
+    monkeypatch.setattr(server, "_has_lexical_side", lambda searcher: False)
+    response = client.post("/search", json={"query": "x", "mode": "lexical"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "mode_unavailable"
 
 
 def test_oversized_body_is_413(client: TestClient) -> None:
@@ -270,7 +286,7 @@ def test_unexpected_error_is_a_generic_500(client: TestClient, monkeypatch: pyte
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internal detail /etc/passwd")
 
-    monkeypatch.setattr(searcher, "search_vectors", broken)
+    monkeypatch.setattr(searcher, "search_encoded", broken)
     response = client.post("/search", json={"query": "x"})
     assert response.status_code == 500
     assert response.json() == {"error": {"code": "internal_error", "message": "internal server error"}}
