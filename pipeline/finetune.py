@@ -305,7 +305,7 @@ def _training_args(config: FinetuneConfig, root: Path, device: str, n_examples: 
         eval_steps=config.eval_steps or config.save_steps,
         logging_strategy="steps",
         logging_steps=logging_steps,
-        logging_first_step=True,
+        logging_first_step=False,  # start and end losses are then both means over a logging window
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
