@@ -31,6 +31,9 @@ ST_BATCH_CANDIDATES = (16, 32, 64, 128)
 ARCHS: dict[str, dict[str, Any]] = {
     "bert-medium": {"num_hidden_layers": 8, "hidden_size": 512, "num_attention_heads": 8,
                     "intermediate_size": 2048, "vocab_size": 30522, "max_position_embeddings": 512},
+    # Google's BERT-tiny shape: for measuring the pipeline itself (memory, I/O) where model time would dominate
+    "bert-tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2,
+                  "intermediate_size": 512, "vocab_size": 30522, "max_position_embeddings": 512},
 }
 _SYNTHETIC_TEXT = (
     "the of and to in is was for on that with as by at from his an were are which this be has had it not "

@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "index": ("pipeline.cli.bench_index", "Index build time, memory, size, recall and latency."),
     "serve": ("pipeline.cli.bench_serve", "Server QPS and latency under concurrent clients."),
     "incremental": ("pipeline.cli.bench_incremental", "Full build vs a 1% incremental run vs a no-op run."),
+    "memory": ("pipeline.cli.bench_memory", "Peak RSS of `bmsearch index` at two corpus sizes."),
 }
 
 

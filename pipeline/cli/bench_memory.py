@@ -1,0 +1,48 @@
+"""`bmsearch bench memory`: peak RSS of `bmsearch index` at two corpus sizes."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.cli.output import emit_json, handle_errors
+
+
+@click.command("memory")
+@click.option("--rows", default="100000,1000000", show_default=True, help="Comma-separated corpus sizes.")
+@click.option("--model", "-m", default=None, help="Model to index with [default: a random --arch model].")
+@click.option("--arch", default="bert-tiny", show_default=True, help="Random-weight architecture when no --model.")
+@click.option(
+    "--backend", type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]), default="torch", show_default=True
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Shared data folder [default: $BMSEARCH_SHARED_DATA or ../shared/data].",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--record", type=click.Path(path_type=Path), default=None, help="Append a markdown section here.")
+@handle_errors
+def command(
+    rows: str, model: str | None, arch: str, backend: str, data_dir: Path | None, as_json: bool, record: Path | None
+) -> None:
+    """Index each corpus size from scratch in its own process and report peak RSS and the ratio."""
+    from pipeline.bench_index import append_record
+    from pipeline.bench_memory import markdown_section, run_memory_bench
+
+    sizes = sorted(int(x) for x in rows.split(","))
+    data = data_dir or Path(os.environ.get("BMSEARCH_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
+    result = run_memory_bench(sizes, data, model, arch, backend)
+    if as_json:
+        emit_json(result)
+    else:
+        for run in result["runs"]:
+            click.echo(f"{run['rows']:>9} rows  peak RSS {run['peak_rss_mb']:7.0f} MiB  {run['seconds']:6.0f} s")
+        click.echo(f"ratio {result['ratio']:.2f}x")
+    if record:
+        append_record(record, markdown_section(result, "bmsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:])))
