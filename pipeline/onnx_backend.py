@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,13 +109,22 @@ def export_fp32(ref: ModelRef, transformer: Any) -> Path:
     ids = torch.ones((2, 8), dtype=torch.long)
     mask = torch.ones((2, 8), dtype=torch.long)
     mask[1, 5:] = 0
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "embedding": {0: "batch"}}
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "embedding": {0: "batch"},
+    }
     try:
         with _atomic_target(target) as tmp, torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
-                module, (ids, mask), str(tmp), dynamo=False, opset_version=OPSET,
-                input_names=["input_ids", "attention_mask"], output_names=["embedding"], dynamic_axes=axes,
+                module,
+                (ids, mask),
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["embedding"],
+                dynamic_axes=axes,
             )
     except Exception as exc:
         raise ModelError(_failure(f"ONNX export of {ref.name}", exc)) from exc
@@ -127,11 +138,18 @@ def quantize_int8(ref: ModelRef, fp32_path: Path) -> Path:
     target = fp32_path.with_name("model-int8-perchannel.onnx")
     if target.exists():
         return target
+    # quantize_dynamic writes scratch files beside its input: give it a private copy so that two processes
+    # quantising the same model at once do not trip over each other's scratch files
+    scratch = Path(tempfile.mkdtemp(prefix=".quantize-", dir=target.parent))
     try:
+        source = scratch / fp32_path.name
+        os.link(fp32_path, source)
         with _atomic_target(target) as tmp:
-            quantize_dynamic(str(fp32_path), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+            quantize_dynamic(str(source), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
     except Exception as exc:
         raise ModelError(_failure(f"int8 quantisation of {ref.name}", exc)) from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 
@@ -155,9 +173,7 @@ class OnnxRunner:
         return np.asarray(out, dtype=np.float32)
 
 
-def int8_agreement(
-    fp32: OnnxRunner, int8: OnnxRunner, feeds: tuple[np.ndarray, np.ndarray]
-) -> dict[str, float]:
+def int8_agreement(fp32: OnnxRunner, int8: OnnxRunner, feeds: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     """Mean and min cosine between the int8 and fp32 embeddings of the calibration texts."""
     a, b = fp32.run(*feeds), int8.run(*feeds)
     cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)

@@ -129,3 +129,25 @@ def test_minilm_int8_agreement(minilm_path: Path, shared_data: Path) -> None:
     assert _cos(fp32, reference).min() >= 0.9999
     int8 = Encoder(ref, EncoderConfig(device="cpu", backend="onnx-int8")).encode(texts)
     assert _cos(int8, reference).mean() >= 0.99
+
+
+def test_two_processes_quantising_one_model_at_once(tiny_model: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BMSEARCH_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    code = (
+        "import sys; from pipeline.model import resolve_model; from pipeline.encode import Encoder, EncoderConfig; "
+        "e = Encoder(resolve_model(sys.argv[1]), EncoderConfig(backend='onnx-int8')); print(e.encode(['a b']).shape)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tiny_model)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-500:]
+        assert out.decode().strip() == "(1, 32)"
