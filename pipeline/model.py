@@ -120,7 +120,8 @@ def load_sentence_transformer(
             model = SentenceTransformer(str(path), device=device, local_files_only=True)
         else:
             transformer = Transformer(str(path), max_seq_length=max_seq_length or _position_limit(path))
-            pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+            dim_of = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+            pooling = Pooling(dim_of(), pooling_mode="mean")
             model = SentenceTransformer(modules=[transformer, pooling], device=device)
     except Exception as exc:
         raise ModelError(f"cannot load model from {ref.path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc

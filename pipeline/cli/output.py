@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,13 +28,9 @@ def setup_logging(debug: bool) -> None:
         warnings.filterwarnings("ignore")
         for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "faiss", "httpx"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-        try:
-            import transformers
-
-            transformers.logging.set_verbosity_error()
-            transformers.logging.disable_progress_bar()
-        except ImportError:
-            pass
+        # set through the environment so that transformers is not imported just to silence it
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def handle_errors(func: F) -> F:
@@ -99,7 +96,8 @@ class CliProgress:
             self._last = time.monotonic()
             rate = self._done / max(self._last - self._started, 1e-9)
             of = f"/{self._total}" if self._total else ""
-            click.echo(f"{self._name}: {self._done}{of} ({rate:,.0f}/s)", err=True)
+            shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"
+            click.echo(f"{self._name}: {self._done}{of} ({shown}/s)", err=True)
 
     def close(self) -> None:
         if self._bar is not None:
