@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.bench_common import machine_info
 from pipeline.encode import Encoder, EncoderConfig
 from pipeline.errors import DataError, UsageError
 from pipeline.model import DEFAULT_MODEL, resolve_model
@@ -187,33 +187,6 @@ def current_rss() -> int:
         return int(psutil.Process().memory_info().rss)
     except ImportError:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model and core counts, GPU name when torch sees one, library versions."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count()}
-    if hasattr(os, "sched_getaffinity"):
-        info["cores_usable"] = len(os.sched_getaffinity(0))
-    import torch
-
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    info["torch"] = torch.__version__
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    info["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return info
 
 
 def _stage(name: str, rows: int, tokens: int, seconds: float, peak_rss: int, **extra: Any) -> dict[str, Any]:

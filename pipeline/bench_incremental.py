@@ -10,7 +10,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.bench_index import imdb_sentences, machine_info
+from pipeline.bench_common import machine_info
+from pipeline.bench_index import imdb_sentences
 from pipeline.build import build_index
 from pipeline.config import BuildOptions
 from pipeline.encode import EncoderConfig

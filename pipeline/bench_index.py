@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import ann
+from pipeline.bench_common import machine_info
 from pipeline.errors import DataError
 from pipeline.progress import NoProgress, Progress
 
@@ -239,27 +240,6 @@ def bench_vectors(
     return rows
 
 
-def machine_info() -> dict[str, Any]:
-    import platform
-
-    import faiss
-    import psutil
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "faiss": faiss.__version__, "numpy": np.__version__, "python": platform.python_version(),
-        "load_avg_at_start": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
 def run_index_bench(
     datasets: list[str],
     *,
@@ -324,7 +304,7 @@ def markdown_section(result: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM; faiss {m['faiss']}, numpy {m['numpy']}; "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM; faiss {m.get('faiss')}, numpy {m['numpy']}; "
         f"load average at start {m['load_avg_at_start']} (other processes may share the cores).",
         "",
         "Build uses all cores; latencies are single-threaded (`faiss.omp_set_num_threads(1)`), one query per "
@@ -350,10 +330,3 @@ def markdown_section(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def append_record(path: Path, section: str) -> None:
-    """Append a section to the benchmarks file, creating it with a one-line header if absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_text("# Benchmarks\n")
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write("\n" + section)

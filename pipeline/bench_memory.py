@@ -13,9 +13,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.bench_common import machine_info
 from pipeline.bench_encode import build_arch
 from pipeline.bench_incremental import corpus_texts
-from pipeline.bench_index import machine_info
 
 
 def _index_peak_rss(data: Path, root: Path, model: str, backend: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import json
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.bench_common import machine_info
 from pipeline.errors import DataError, UsageError
 from pipeline.progress import NoProgress, Progress
 
@@ -300,23 +300,6 @@ def mean_batch_size(metrics_text: str) -> float | None:
     if not found or float(found.get("count", 0)) == 0:
         return None
     return round(float(found["sum"]) / float(found["count"]), 2)
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version()}
-    if hasattr(os, "sched_getaffinity"):
-        info["cores_usable"] = len(os.sched_getaffinity(0))
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return info
 
 
 def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) -> dict[str, Any]:

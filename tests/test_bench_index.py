@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import bench_index
+from pipeline import bench_common, bench_index
 from pipeline.cli import cli
 
 pytest.importorskip("faiss")
@@ -75,8 +75,8 @@ def test_cli_bad_index_type_is_one_line_error() -> None:
 
 def test_append_record_creates_file(tmp_path: Path) -> None:
     path = tmp_path / "docs" / "benchmarks.md"
-    bench_index.append_record(path, "## A\n")
-    bench_index.append_record(path, "## B\n")
+    bench_common.append_record(path, "## A\n")
+    bench_common.append_record(path, "## B\n")
     assert path.read_text() == "# Benchmarks\n\n## A\n\n## B\n"
 
 

@@ -67,9 +67,9 @@ def command(corpus: str, data_dir: Path | None, rows: int | None, mean_tokens: i
     else:
         click.echo(render_text(result))
     if record is not None:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        with record.open("a", encoding="utf-8") as fh:
-            fh.write(render_markdown(result))
+        from pipeline.bench_common import append_record
+
+        append_record(record, render_markdown(result))
         if not as_json:
             click.echo(f"Appended to {record}", err=True)
 

@@ -30,8 +30,8 @@ def command(
     model: str, rows: int, new_fraction: float, backend: str, data_dir: Path | None, as_json: bool, record: Path | None
 ) -> None:
     """Full build of --rows rows, then a run with --new-fraction more rows, then a no-op run."""
+    from pipeline.bench_common import append_record
     from pipeline.bench_incremental import markdown_section, run_incremental_bench
-    from pipeline.bench_index import append_record
 
     data = data_dir or Path(os.environ.get("BMSEARCH_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
     result = run_incremental_bench(model, rows, data, backend, new_fraction)

@@ -46,7 +46,8 @@ def command(datasets: tuple[str, ...], synthetic_n: int, synthetic_dim: int, syn
     """Build each index type over a clustered synthetic set and real IMDB sentence embeddings; report
     build time, peak RSS, size on disk, recall@10 against exact search with the tuned nprobe/efSearch,
     and single-threaded p50/p99 latency, unfiltered and with 1% and 50% id filters."""
-    from pipeline.bench_index import COLUMNS, append_record, markdown_section, run_index_bench
+    from pipeline.bench_common import append_record
+    from pipeline.bench_index import COLUMNS, markdown_section, run_index_bench
 
     factories: list[str | None] | None = None
     if index_types:
@@ -66,7 +67,7 @@ def command(datasets: tuple[str, ...], synthetic_n: int, synthetic_dim: int, syn
         emit_json(result)
     else:
         m = result["machine"]
-        click.echo(f"{m['cpu']}, {m['cores']} cores, faiss {m['faiss']}")
+        click.echo(f"{m['cpu']}, {m['cores']} cores, faiss {m.get('faiss')}")
         click.echo(format_table(result["rows"], COLUMNS))
     if record is not None:
         append_record(record, markdown_section(result, result["command"]))

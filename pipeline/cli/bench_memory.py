@@ -32,7 +32,7 @@ def command(
     rows: str, model: str | None, arch: str, backend: str, data_dir: Path | None, as_json: bool, record: Path | None
 ) -> None:
     """Index each corpus size from scratch in its own process and report peak RSS and the ratio."""
-    from pipeline.bench_index import append_record
+    from pipeline.bench_common import append_record
     from pipeline.bench_memory import markdown_section, run_memory_bench
 
     sizes = sorted(int(x) for x in rows.split(","))

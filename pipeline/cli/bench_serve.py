@@ -123,8 +123,8 @@ def command(
     else:
         click.echo(render_text(result))
     if record is not None:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        with record.open("a", encoding="utf-8") as fh:
-            fh.write(render_markdown(result, "bmsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:])))
+        from pipeline.bench_common import append_record
+
+        append_record(record, render_markdown(result, "bmsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:])))
         if not quiet:
             click.echo(f"Appended to {record}", err=True)

@@ -1,0 +1,60 @@
+"""What every benchmark shares: a description of the machine and appending a section to the record."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core counts, memory, GPU (when torch is already loaded and sees one), versions, load."""
+    import sys
+
+    import numpy as np
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    if hasattr(os, "sched_getaffinity"):
+        info["cores_usable"] = len(os.sched_getaffinity(0))
+    try:
+        import psutil
+
+        info["ram_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        info["ram_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    info["load_average"] = info["load_avg_at_start"] = load
+    torch = sys.modules.get("torch")
+    info["torch"] = getattr(torch, "__version__", None)
+    info["gpu"] = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
+    for name in ("faiss", "onnxruntime"):
+        module = sys.modules.get(name)
+        if module is not None:
+            info[name] = module.__version__
+    return info
+
+
+def append_record(path: Path, section: str) -> None:
+    """Append a section to the benchmarks file, creating it with a one-line header if absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text("# Benchmarks\n")
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("\n" + section)
