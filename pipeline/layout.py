@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from pipeline.errors import IndexCorruptError, IndexNotFoundError, UsageError
 from pipeline.fsutil import atomic_write_bytes, fsync_dir, fsync_tree, remove_tree
 
+DEFAULT_INDEX_DIR = Path(os.environ.get("BMSEARCH_INDEX_DIR", "indexes"))
 GEN_RE = re.compile(r"^gen-(\d{6})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 KEEP_GENERATIONS = 2  # the live one and the one before it, which a reader may still hold

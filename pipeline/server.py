@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 
 from pipeline.batcher import BatcherClosedError, MicroBatcher, QueueFullError
-from pipeline.config import DEFAULT_INDEX_DIR
 from pipeline.errors import BmsearchError, FilterError, IndexNotFoundError, UsageError
 from pipeline.filters import OPS, compile_filter
+from pipeline.layout import DEFAULT_INDEX_DIR
 from pipeline.metrics_registry import CONTENT_TYPE, ServerMetrics
 
 if TYPE_CHECKING:

@@ -47,8 +47,9 @@ def command(corpus: str, data_dir: Path | None, rows: int | None, mean_tokens: i
     """Time the same corpus through sentence-transformers' encode (batch 32, then its best batch size)
     and through bmsearch's encoder from a Parquet file to .npy shards; report rows/s, tokens/s, ratios,
     peak RSS and the cosine agreement of bmsearch's embeddings with sentence-transformers'."""
-    from pipeline.bench_encode import EncodeBenchConfig, default_model, retrieval_quality, run_encode_bench
-    from pipeline.bench_encode import shared_data_dir as default_data_dir
+    from pipeline.bench_common import default_model
+    from pipeline.bench_common import shared_data_dir as default_data_dir
+    from pipeline.bench_encode import EncodeBenchConfig, retrieval_quality, run_encode_bench
     from pipeline.encode import EncoderConfig
 
     encoder = EncoderConfig(device=device, precision=precision, backend=backend, token_budget=token_budget,

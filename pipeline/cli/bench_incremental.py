@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
+from pipeline.cli.options import backend_option, data_dir_option
 from pipeline.cli.output import emit_json, handle_errors
 
 
@@ -16,13 +16,8 @@ from pipeline.cli.output import emit_json, handle_errors
 @click.option("--model", "-m", required=True, help="Model directory or hub id.")
 @click.option("--rows", type=click.IntRange(min=100), default=50_000, show_default=True)
 @click.option("--new-fraction", type=click.FloatRange(0.0001, 1.0), default=0.01, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]), default="auto", show_default=True)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Shared data folder [default: $BMSEARCH_SHARED_DATA or ../shared/data].",
-)
+@backend_option("auto")
+@data_dir_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--record", type=click.Path(path_type=Path), default=None, help="Append a markdown section here.")
 @handle_errors
@@ -30,10 +25,10 @@ def command(
     model: str, rows: int, new_fraction: float, backend: str, data_dir: Path | None, as_json: bool, record: Path | None
 ) -> None:
     """Full build of --rows rows, then a run with --new-fraction more rows, then a no-op run."""
-    from pipeline.bench_common import append_record
+    from pipeline.bench_common import append_record, shared_data_dir
     from pipeline.bench_incremental import markdown_section, run_incremental_bench
 
-    data = data_dir or Path(os.environ.get("BMSEARCH_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
+    data = data_dir or shared_data_dir()
     result = run_incremental_bench(model, rows, data, backend, new_fraction)
     if as_json:
         emit_json(result)

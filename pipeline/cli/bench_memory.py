@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
+from pipeline.cli.options import backend_option, data_dir_option
 from pipeline.cli.output import emit_json, handle_errors
 
 
@@ -16,15 +16,8 @@ from pipeline.cli.output import emit_json, handle_errors
 @click.option("--rows", default="100000,1000000", show_default=True, help="Comma-separated corpus sizes.")
 @click.option("--model", "-m", default=None, help="Model to index with [default: a random --arch model].")
 @click.option("--arch", default="bert-tiny", show_default=True, help="Random-weight architecture when no --model.")
-@click.option(
-    "--backend", type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]), default="torch", show_default=True
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Shared data folder [default: $BMSEARCH_SHARED_DATA or ../shared/data].",
-)
+@backend_option("torch")
+@data_dir_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--record", type=click.Path(path_type=Path), default=None, help="Append a markdown section here.")
 @handle_errors
@@ -36,7 +29,9 @@ def command(
     from pipeline.bench_memory import markdown_section, run_memory_bench
 
     sizes = sorted(int(x) for x in rows.split(","))
-    data = data_dir or Path(os.environ.get("BMSEARCH_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
+    from pipeline.bench_common import shared_data_dir
+
+    data = data_dir or shared_data_dir()
     result = run_memory_bench(sizes, data, model, arch, backend)
     if as_json:
         emit_json(result)

@@ -7,6 +7,7 @@ import importlib.util
 
 import click
 
+from pipeline.cli.options import backend_option
 from pipeline.cli.output import CliProgress, emit_json, format_table, handle_errors
 
 # name -> ("module:attribute", short help); loaded on first use so `bmsearch eval --help` stays fast.
@@ -64,8 +65,7 @@ def eval_group() -> None:
 @click.option("--score-column", default=None, help="Table column of gold scores [score].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--max-seq-length", type=int, default=None, help="Truncate inputs to this many tokens.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]), default="auto",
-              show_default=True, help="Encoder backend (auto: torch on GPU, the CPU default on CPU).")
+@backend_option('auto', 'Encoder backend (auto: torch on GPU, the CPU default on CPU).')
 @click.option("--threads", type=int, default=None, help="CPU threads for the forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")

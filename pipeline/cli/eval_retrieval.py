@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import device_option, index_dir_option, output_options
+from pipeline.cli.options import backend_option, device_option, index_dir_option, output_options
 from pipeline.cli.output import CliProgress, emit_json, format_table, handle_errors
 
 
@@ -54,13 +54,7 @@ def _modes(text: str) -> list[str]:
     default=None,
     help="With --beir: the model to index with (default: the existing index's, else the project's).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]),
-    default="auto",
-    show_default=True,
-    help="With --beir: encoder runtime for the build.",
-)
+@backend_option("auto", "With --beir: encoder runtime for the build.")
 @click.option(
     "--max-seq-length",
     type=click.IntRange(8, 8192),

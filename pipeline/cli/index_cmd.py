@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli.options import device_option, index_dir_option, output_options
+from pipeline.cli.options import backend_option, device_option, index_dir_option, output_options
 from pipeline.cli.output import CliProgress, emit_json, handle_errors
 from pipeline.model import DEFAULT_MODEL
 
@@ -27,13 +27,7 @@ from pipeline.model import DEFAULT_MODEL
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Most texts per forward pass.")
 @click.option("--token-budget", type=click.IntRange(64), default=None, help="Most padded tokens per forward pass.")
 @device_option
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]),
-    default="auto",
-    show_default=True,
-    help="Encoder runtime; auto: torch on GPU, the measured-best ONNX path on CPU.",
-)
+@backend_option("auto")
 @click.option(
     "--on-empty",
     type=click.Choice(["skip", "error"]),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from pipeline.config import DEFAULT_INDEX_DIR
+from pipeline.layout import DEFAULT_INDEX_DIR
 
 F = Callable[..., Any]
 
@@ -36,6 +37,24 @@ def device_option(func: F) -> F:
         default="auto",
         show_default=True,
         help="Where to run the model.",
+    )(func)
+
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # pipeline.encode.BACKENDS, kept here so --help stays light
+
+
+def backend_option(
+    default: str = "auto", help: str = "Encoder runtime; auto: torch on GPU, the measured-best ONNX path on CPU."
+) -> Callable[[F], F]:
+    return click.option("--backend", type=click.Choice(BACKENDS), default=default, show_default=True, help=help)
+
+
+def data_dir_option(func: F) -> F:
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Shared data folder [default: $BMSEARCH_SHARED_DATA or ../shared/data].",
     )(func)
 
 

@@ -31,6 +31,10 @@ def setup_logging(debug: bool) -> None:
         # set through the environment so that transformers is not imported just to silence it
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        transformers = sys.modules.get("transformers")
+        if transformers is not None:  # already imported (library use, tests): the variables came too late
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
 
 
 def handle_errors(func: F) -> F:
