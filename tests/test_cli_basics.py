@@ -51,3 +51,20 @@ def test_hub_model_in_the_cache_resolves_offline(
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     ref = resolve_model("acme/tiny")
     assert ref.source == "hub" and ref.revision == "a" * 40 and Path(ref.path) == snapshot
+
+
+def test_every_command_and_bench_subcommand_loads() -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import COMMANDS, cli
+    from pipeline.cli.bench_cmd import SUBCOMMANDS
+
+    runner = CliRunner()
+    for name in COMMANDS:
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, (name, result.output)
+    for name in SUBCOMMANDS:
+        result = runner.invoke(cli, ["bench", name, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, (name, result.output)
+    for name in ("sts", "retrieval"):
+        assert runner.invoke(cli, ["eval", name, "--help"]).exit_code == 0
