@@ -55,6 +55,7 @@ class MicroBatcher(Generic[T, R]):
         self.on_batch = on_batch
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
+        self._last_size = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -101,7 +102,10 @@ class MicroBatcher(Generic[T, R]):
             if first is _STOP:
                 break
             batch = [first]
-            deadline = time.monotonic() + self.max_wait_s
+            # Wait for company only when requests have been arriving together: a lone client's request
+            # goes straight to the encoder instead of paying the wait window every time.
+            wait = self.max_wait_s if self._last_size > 1 or not self._queue.empty() else 0.0
+            deadline = time.monotonic() + wait
             while len(batch) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
@@ -112,6 +116,7 @@ class MicroBatcher(Generic[T, R]):
                     stopping = True
                     break
                 batch.append(entry)
+            self._last_size = len(batch)
             self._run(batch)
 
     def _run(self, batch: list[tuple[T, Future[R]]]) -> None:
