@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,12 @@ def machine_info() -> dict[str, Any]:
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     info["load_average"] = info["load_avg_at_start"] = load
     torch = sys.modules.get("torch")
-    info["torch"] = getattr(torch, "__version__", None)
     info["gpu"] = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
-    for name in ("faiss", "onnxruntime"):
-        module = sys.modules.get(name)
-        if module is not None:
-            info[name] = module.__version__
+    for key, dist in (("torch", "torch"), ("faiss", "faiss-cpu"), ("onnxruntime", "onnxruntime")):
+        try:
+            info[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[key] = None
     return info
 
 
