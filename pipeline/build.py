@@ -271,6 +271,7 @@ class _Run:
                 raise CorpusError(f"duplicate ids in {what}: {', '.join(map(str, duplicates))}")
             if self.prev is not None and not self.opts.sync:
                 self._carry_over(store)
+            store.index_keys()
             store.checkpoint()
             self.journal.append(
                 {
