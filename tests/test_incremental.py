@@ -269,3 +269,22 @@ def test_bad_index_options_keep_the_last_good_generation(
         len(json.loads(run("query", "river", "--index-dir", tmp_path / "idx", "-k", "50", "--format", "json").stdout))
         == 30
     )
+
+
+def test_update_with_another_model_is_refused_and_keeps_the_index(tmp_path: Path, tiny_model: Path) -> None:
+    from tests.conftest import build_tiny_bert
+
+    data = write_parquet(tmp_path / "c.parquet", rows(20))
+    index(data, tmp_path / "idx", tiny_model)
+    other = build_tiny_bert(tmp_path / "other-model")
+    (other / "config.json").write_text(
+        (other / "config.json").read_text().replace('"hidden_size": 32', '"hidden_size": 48')
+    )
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig.from_pretrained(other)).save_pretrained(other)
+    result = run("index", data, "--name", "inc", "--index-dir", tmp_path / "idx", "--model", other, "--id-column", "id")
+    assert result.exit_code == 1 and "exists with other settings (model_name" in result.stderr
+    assert "model_weights" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "pass --overwrite" in result.stderr
+    assert (tmp_path / "idx" / "inc" / "CURRENT").read_text().strip() == "gen-000001"
