@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import IndexBuildError, IndexCorruptError
+from pipeline.fsutil import atomic_open
 from pipeline.progress import NoProgress, Progress
 
 if TYPE_CHECKING:
@@ -756,25 +757,9 @@ def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> int:
     faiss = _faiss()
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        faiss.write_index(index, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return size
+    with atomic_open(path) as fh:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
+    return path.stat().st_size
 
 
 def load_index(

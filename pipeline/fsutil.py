@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a directory (which makes the renames and creations inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -19,19 +20,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = fsync_path
 
 
 def fsync_tree(root: Path) -> None:
     """fsync every file and directory below root, deepest first."""
     for dirpath, _dirs, files in os.walk(root, topdown=False):
         for name in files:
-            fsync_file(Path(dirpath) / name)
+            fsync_path(Path(dirpath) / name)
         fsync_dir(Path(dirpath))
 
 
