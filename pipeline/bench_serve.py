@@ -41,6 +41,7 @@ class ServeBenchConfig:
     max_wait_ms: float = 5.0
     compare_unbatched: bool = True  # also run with --max-batch 1
     device: str = "cpu"
+    backend: str = "auto"  # encoder backend of the benchmark index (and so of the server's queries)
     threads: int | None = None  # server CPU threads (None: all cores)
     time_limit_s: float = 300.0  # per run: a run stops by itself after this long
     startup_timeout_s: float = 600.0
@@ -101,7 +102,7 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
     data_dir = config.data_dir or shared_data_dir()
     root = config.cache_dir / "serve"
     index_dir = root / "indexes"
-    name = f"imdb-sentences-{config.rows}"
+    name = f"imdb-sentences-{config.rows}" + ("" if config.backend == "torch" else f"-{config.backend}")
     paths = IndexPaths.of(index_dir, name)
     corpus, queries = imdb_sentences(data_dir, config.rows)
     if len(corpus) < config.rows:
@@ -119,7 +120,7 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
                 index_dir=index_dir,
                 model=model,
                 id_column="id",
-                encoder=EncoderConfig(device=config.device, backend="torch"),
+                encoder=EncoderConfig(device=config.device, backend=config.backend),
                 lexical=False,
             ),
             progress or NoProgress(),

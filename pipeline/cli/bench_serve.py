@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli.options import backend_option
 from pipeline.cli.output import CliProgress, emit_json, handle_errors
 
 
@@ -52,6 +53,7 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
     help="Also run the same load with --max-batch 1 and report the gain.",
 )
 @click.option("--device", default="cpu", show_default=True, help="Device of the server: cpu, cuda or auto.")
+@backend_option("auto", "Encoder backend of the benchmark index and its queries.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Server CPU threads [default: all cores].")
 @click.option(
     "--time-limit",
@@ -82,6 +84,7 @@ def command(
     max_wait_ms: float,
     compare: bool,
     device: str,
+    backend: str,
     threads: int | None,
     time_limit: float,
     as_json: bool,
@@ -114,6 +117,7 @@ def command(
         max_wait_ms=max_wait_ms,
         compare_unbatched=compare,
         device=device,
+        backend=backend,
         threads=threads,
         time_limit_s=time_limit,
     )
