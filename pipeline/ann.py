@@ -30,6 +30,7 @@ def _faiss() -> Any:
 
     return faiss
 
+
 # A function returning a fresh iterator of (ids int64 (b,), vectors float32 (b, d)) chunks; the build
 # calls it twice (a sample pass for training and evaluation queries, then a full pass to add).
 VectorSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -327,7 +328,6 @@ class IdFilter:
             self.selector = faiss.IDSelectorBatch(ids)
 
 
-
 def _rows(scores: np.ndarray, ids: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     keep = ids >= 0
     return [s[m] for s, m in zip(scores, keep, strict=True)], [i[m] for i, m in zip(ids, keep, strict=True)]
@@ -398,9 +398,7 @@ def search(
     return _rows(scores, ids)
 
 
-def _exact_hnsw(
-    index: faiss.Index, hnsw: Any, q: np.ndarray, k: int, sel: Any
-) -> tuple[np.ndarray, np.ndarray]:
+def _exact_hnsw(index: faiss.Index, hnsw: Any, q: np.ndarray, k: int, sel: Any) -> tuple[np.ndarray, np.ndarray]:
     """Exact scoring of the allowed vectors: scan the HNSW's flat storage through a position selector."""
     faiss = _faiss()
 
@@ -484,9 +482,7 @@ class EvalSet:
     k: int
 
 
-def make_eval_set(
-    source: VectorSource, dim: int, n: int, queries: int = 1000, k: int = 10, seed: int = 0
-) -> EvalSet:
+def make_eval_set(source: VectorSource, dim: int, n: int, queries: int = 1000, k: int = 10, seed: int = 0) -> EvalSet:
     """Sample `queries` corpus vectors and find their exact neighbours by brute force (two passes).
 
     Pass it to several `build_index` calls over the same vectors to measure them on the same ground truth.
@@ -632,8 +628,14 @@ def build_index(
         auto = False
     index = _make_index(choice.factory, dim)
     stats = BuildStats(
-        factory=choice.factory, auto=auto, reason=choice.reason, n_vectors=n, dim=dim,
-        estimated_bytes=choice.estimated_bytes, k=k, recall_target=recall_target,
+        factory=choice.factory,
+        auto=auto,
+        reason=choice.reason,
+        n_vectors=n,
+        dim=dim,
+        estimated_bytes=choice.estimated_bytes,
+        k=k,
+        recall_target=recall_target,
         supports_remove=supports_remove(index),
     )
     ivf = _ivf(index)

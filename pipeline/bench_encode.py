@@ -28,11 +28,23 @@ DEFAULT_ROWS = {"sts": 4000, "imdb": 1000, "msmarco": 2000, "synthetic": 2000}
 ST_DEFAULT_BATCH = 32
 ST_BATCH_CANDIDATES = (16, 32, 64, 128)
 ARCHS: dict[str, dict[str, Any]] = {
-    "bert-medium": {"num_hidden_layers": 8, "hidden_size": 512, "num_attention_heads": 8,
-                    "intermediate_size": 2048, "vocab_size": 30522, "max_position_embeddings": 512},
+    "bert-medium": {
+        "num_hidden_layers": 8,
+        "hidden_size": 512,
+        "num_attention_heads": 8,
+        "intermediate_size": 2048,
+        "vocab_size": 30522,
+        "max_position_embeddings": 512,
+    },
     # Google's BERT-tiny shape: for measuring the pipeline itself (memory, I/O) where model time would dominate
-    "bert-tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2,
-                  "intermediate_size": 512, "vocab_size": 30522, "max_position_embeddings": 512},
+    "bert-tiny": {
+        "num_hidden_layers": 2,
+        "hidden_size": 128,
+        "num_attention_heads": 2,
+        "intermediate_size": 512,
+        "vocab_size": 30522,
+        "max_position_embeddings": 512,
+    },
 }
 _SYNTHETIC_TEXT = (
     "the of and to in is was for on that with as by at from his an were are which this be has had it not "
@@ -97,8 +109,9 @@ def synthetic_corpus(rows: int, mean_tokens: int, seed: int = 0) -> list[str]:
     """Random word sequences whose word counts average about mean_tokens."""
     rng = random.Random(seed)
     words = max(1, mean_tokens - 2)  # [CLS] and [SEP]
-    return [" ".join(rng.choices(_SYNTHETIC_WORDS, k=rng.randint(max(1, words // 2), words * 3 // 2)))
-            for _ in range(rows)]
+    return [
+        " ".join(rng.choices(_SYNTHETIC_WORDS, k=rng.randint(max(1, words // 2), words * 3 // 2))) for _ in range(rows)
+    ]
 
 
 def _title_text(row: dict[str, Any]) -> str:
@@ -174,8 +187,15 @@ def current_rss() -> int:
 
 
 def _stage(name: str, rows: int, tokens: int, seconds: float, peak_rss: int, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "rows": rows, "seconds": seconds, "rows_per_s": rows / max(seconds, 1e-9),
-            "tokens_per_s": tokens / max(seconds, 1e-9), "peak_rss_mb": peak_rss / 2**20, **extra}
+    return {
+        "name": name,
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / max(seconds, 1e-9),
+        "tokens_per_s": tokens / max(seconds, 1e-9),
+        "peak_rss_mb": peak_rss / 2**20,
+        **extra,
+    }
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -207,8 +227,9 @@ def run_encode_bench(config: EncodeBenchConfig, progress: Progress | None = None
             progress.close()
 
 
-def _measure(config: EncodeBenchConfig, texts: list[str], work: Path, encoder: Encoder, setup_s: float,
-             progress: Progress) -> dict[str, Any]:
+def _measure(
+    config: EncodeBenchConfig, texts: list[str], work: Path, encoder: Encoder, setup_s: float, progress: Progress
+) -> dict[str, Any]:
     st = encoder.st
     device = encoder.device
     token_lengths = encoder.tokenize(texts).lengths
@@ -217,8 +238,16 @@ def _measure(config: EncodeBenchConfig, texts: list[str], work: Path, encoder: E
     _write_parquet(parquet, texts)
 
     def st_encode(items: list[str], batch_size: int) -> np.ndarray:
-        return np.asarray(st.encode(items, batch_size=batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, device=device, show_progress_bar=False))
+        return np.asarray(
+            st.encode(
+                items,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                device=device,
+                show_progress_bar=False,
+            )
+        )
 
     # The torch backend shares the model with `st` and may have cast it; a plain fp32 copy is the reference.
     if encoder.backend == "torch" and encoder.precision != "fp32":
@@ -251,8 +280,17 @@ def _measure(config: EncodeBenchConfig, texts: list[str], work: Path, encoder: E
         t0 = time.perf_counter()
         st_encode(texts, best_bs)
         seconds = time.perf_counter() - t0
-    stages.append(_stage("st_best", len(texts), tokens, seconds, rss.peak, batch_size=best_bs,
-                         sweep_rows_per_s={str(k): v for k, v in sweep.items()}))
+    stages.append(
+        _stage(
+            "st_best",
+            len(texts),
+            tokens,
+            seconds,
+            rss.peak,
+            batch_size=best_bs,
+            sweep_rows_per_s={str(k): v for k, v in sweep.items()},
+        )
+    )
 
     progress.stage("bmsearch Parquet -> embeddings -> .npy shards", total=len(texts))
     shard_dir = work / "shards"
@@ -261,8 +299,18 @@ def _measure(config: EncodeBenchConfig, texts: list[str], work: Path, encoder: E
         t0 = time.perf_counter()
         written = _parquet_to_shards(encoder, parquet, shard_dir, config.read_rows, progress)
         seconds = time.perf_counter() - t0
-    stages.append(_stage("bmsearch", written, tokens, seconds, rss.peak, backend=encoder.backend,
-                         precision=encoder.precision, token_budget=encoder.token_budget))
+    stages.append(
+        _stage(
+            "bmsearch",
+            written,
+            tokens,
+            seconds,
+            rss.peak,
+            backend=encoder.backend,
+            precision=encoder.precision,
+            token_budget=encoder.token_budget,
+        )
+    )
     ours = np.concatenate([np.load(p) for p in sorted(shard_dir.glob("*.npy"))])
     if ours.shape != reference.shape:
         raise DataError(f"bmsearch wrote {ours.shape} embeddings, sentence-transformers {reference.shape}")
@@ -271,13 +319,29 @@ def _measure(config: EncodeBenchConfig, texts: list[str], work: Path, encoder: E
         s["vs_st_default"] = stages[0]["seconds"] / max(s["seconds"], 1e-9)
         s["vs_st_best"] = stages[1]["seconds"] / max(s["seconds"], 1e-9)
     return {
-        "corpus": {"name": config.corpus, "rows": len(texts), "tokens": tokens,
-                   "mean_tokens": tokens / len(texts), "max_tokens": int(token_lengths.max())},
-        "model": {"name": config.arch or encoder.ref.name, "path": encoder.ref.path, "dimension": encoder.dim,
-                  "max_seq_length": encoder.max_seq_length},
-        "encoder": {"backend": encoder.backend, "device": encoder.device, "precision": encoder.precision,
-                    "token_budget": encoder.token_budget, "tokenizer_workers": encoder.tokenizer_workers,
-                    "threads": encoder.threads, "setup_s": setup_s, "int8_check": encoder.int8_check},
+        "corpus": {
+            "name": config.corpus,
+            "rows": len(texts),
+            "tokens": tokens,
+            "mean_tokens": tokens / len(texts),
+            "max_tokens": int(token_lengths.max()),
+        },
+        "model": {
+            "name": config.arch or encoder.ref.name,
+            "path": encoder.ref.path,
+            "dimension": encoder.dim,
+            "max_seq_length": encoder.max_seq_length,
+        },
+        "encoder": {
+            "backend": encoder.backend,
+            "device": encoder.device,
+            "precision": encoder.precision,
+            "token_budget": encoder.token_budget,
+            "tokenizer_workers": encoder.tokenizer_workers,
+            "threads": encoder.threads,
+            "setup_s": setup_s,
+            "int8_check": encoder.int8_check,
+        },
         "stages": stages,
         "agreement": {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())},
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -293,8 +357,7 @@ def _write_parquet(path: Path, texts: list[str]) -> None:
     pq.write_table(table, path, row_group_size=8192)
 
 
-def _parquet_to_shards(encoder: Encoder, parquet: Path, shard_dir: Path, read_rows: int,
-                       progress: Progress) -> int:
+def _parquet_to_shards(encoder: Encoder, parquet: Path, shard_dir: Path, read_rows: int, progress: Progress) -> int:
     import pyarrow.parquet as pq
 
     def chunks() -> Iterator[list[str]]:
@@ -343,9 +406,13 @@ def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
         raise DataError(f"cannot read {path}: {exc}") from exc
 
 
-def retrieval_quality(model: str, data_dir: Path, backends: tuple[str, ...] = ("torch", "onnx", "onnx-int8"),
-                      datasets: tuple[str, ...] = ("mini_msmarco", "mini_dbpedia"),
-                      progress: Progress | None = None) -> dict[str, Any]:
+def retrieval_quality(
+    model: str,
+    data_dir: Path,
+    backends: tuple[str, ...] = ("torch", "onnx", "onnx-int8"),
+    datasets: tuple[str, ...] = ("mini_msmarco", "mini_dbpedia"),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """nDCG@10 (exact cosine search) per backend and data set, and each backend's cosine to the first."""
     progress = progress or NoProgress()
     ref = resolve_model(model)
@@ -366,8 +433,12 @@ def retrieval_quality(model: str, data_dir: Path, backends: tuple[str, ...] = ("
             query_emb = encoder.encode([queries[q] for q in judged])
             scores = query_emb @ doc_emb.T
             ndcg = [ndcg_at_10(scores[i], doc_ids, qrels[q]) for i, q in enumerate(judged)]
-            entry: dict[str, Any] = {"ndcg_at_10": 100 * float(np.mean(ndcg)), "queries": len(judged),
-                                     "encode_s": seconds, "backend": encoder.backend}
+            entry: dict[str, Any] = {
+                "ndcg_at_10": 100 * float(np.mean(ndcg)),
+                "queries": len(judged),
+                "encode_s": seconds,
+                "backend": encoder.backend,
+            }
             if first is None:
                 first = doc_emb
             else:

@@ -207,19 +207,34 @@ def bench_vectors(
         log.debug("%s: building %s", name, factory or "auto")
         with _PeakRss() as rss:
             index, stats = ann.build_index(
-                source, d, n, index_type=factory, memory_budget=memory_budget,
-                recall_target=recall_target, k=k, seed=seed, progress=progress, eval_set=eval_set,
+                source,
+                d,
+                n,
+                index_type=factory,
+                memory_budget=memory_budget,
+                recall_target=recall_target,
+                k=k,
+                seed=seed,
+                progress=progress,
+                eval_set=eval_set,
             )
         with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
             size = ann.save_index(index, Path(tmp) / "index.faiss")
         row: dict[str, Any] = {
-            "dataset": name, "n": n, "dim": d,
+            "dataset": name,
+            "n": n,
+            "dim": d,
             "index": ("auto: " if factory is None else "") + stats.factory,
-            "build_s": round(stats.build_seconds, 1), "train_s": round(stats.train_seconds, 1),
-            "add_s": round(stats.add_seconds, 1), "tune_s": round(stats.tune_seconds, 1),
-            "peak_rss_mb": round(rss.peak / 2**20), "build_rss_delta_mb": round((rss.peak - rss.start) / 2**20),
-            "index_mb": round(size / 2**20, 1), "estimated_mb": round(stats.estimated_bytes / 2**20, 1),
-            "recall_at_10": round(stats.recall or 0.0, 4), "target_met": stats.target_met,
+            "build_s": round(stats.build_seconds, 1),
+            "train_s": round(stats.train_seconds, 1),
+            "add_s": round(stats.add_seconds, 1),
+            "tune_s": round(stats.tune_seconds, 1),
+            "peak_rss_mb": round(rss.peak / 2**20),
+            "build_rss_delta_mb": round((rss.peak - rss.start) / 2**20),
+            "index_mb": round(size / 2**20, 1),
+            "estimated_mb": round(stats.estimated_bytes / 2**20, 1),
+            "recall_at_10": round(stats.recall or 0.0, 4),
+            "target_met": stats.target_met,
             "search_params": stats.search_params,
         }
         faiss.omp_set_num_threads(1)
@@ -277,8 +292,13 @@ def run_index_bench(
             raise DataError(f"unknown benchmark dataset {name!r} (synthetic, imdb)")
         chosen = factories if factories is not None else default_factories(n)
         result["rows"] += bench_vectors(
-            label, vectors, chosen, memory_budget=memory_budget, latency_queries=latency_queries,
-            filter_queries=filter_queries, progress=progress,
+            label,
+            vectors,
+            chosen,
+            memory_budget=memory_budget,
+            latency_queries=latency_queries,
+            filter_queries=filter_queries,
+            progress=progress,
         )
         del vectors
     return result
@@ -291,8 +311,19 @@ def default_factories(n: int) -> list[str | None]:
 
 
 COLUMNS = [
-    "dataset", "index", "build_s", "peak_rss_mb", "index_mb", "recall_at_10", "search_params",
-    "p50_ms", "p99_ms", "filter1%_p50_ms", "filter1%_p99_ms", "filter50%_p50_ms", "filter50%_p99_ms",
+    "dataset",
+    "index",
+    "build_s",
+    "peak_rss_mb",
+    "index_mb",
+    "recall_at_10",
+    "search_params",
+    "p50_ms",
+    "p99_ms",
+    "filter1%_p50_ms",
+    "filter1%_p99_ms",
+    "filter50%_p50_ms",
+    "filter50%_p99_ms",
 ]
 
 
@@ -324,9 +355,10 @@ def markdown_section(result: dict[str, Any], command: str) -> str:
                 v = ", ".join(f"{k}={x}" for k, x in v.items()) or "-"
             cells.append("" if v is None else str(v))
         lines.append("| " + " | ".join(cells) + " |")
-    bad = [f"{r['dataset']} / {r['index']}" for r in result["rows"]
-           if r.get("filter1%_bad_rows") or r.get("filter50%_bad_rows")]
+    bad = [
+        f"{r['dataset']} / {r['index']}"
+        for r in result["rows"]
+        if r.get("filter1%_bad_rows") or r.get("filter50%_bad_rows")
+    ]
     lines += ["", "Filtered searches returning fewer than k allowed ids: " + (", ".join(bad) or "none") + "."]
     return "\n".join(lines) + "\n"
-
-

@@ -128,9 +128,7 @@ class Encoder:
         self.st = load_sentence_transformer(ref, self.device, self.config.max_seq_length)
         self.pooling = pooling_mode(self.st)
         if self.pooling != "mean":
-            raise ModelError(
-                f"model {ref.name} pools with {self.pooling!r}; bmsearch computes mean pooling only"
-            )
+            raise ModelError(f"model {ref.name} pools with {self.pooling!r}; bmsearch computes mean pooling only")
         positions = getattr(getattr(self.st[0].auto_model, "config", None), "max_position_embeddings", None)
         if isinstance(positions, int) and positions > 0 and (self.st.max_seq_length or positions + 1) > positions:
             # A plain model directory gets a 512 default that may exceed what its position table holds.
@@ -314,9 +312,7 @@ class _TorchRunner:
             raise errors[0]
 
     @staticmethod
-    def _run(
-        replica: tuple[str, Any], tokens: TokenBatch, batches: list[np.ndarray], out: np.ndarray
-    ) -> None:
+    def _run(replica: tuple[str, Any], tokens: TokenBatch, batches: list[np.ndarray], out: np.ndarray) -> None:
         import torch
 
         device, model = replica

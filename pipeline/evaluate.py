@@ -109,7 +109,13 @@ def evaluate_sts(
         progress.close()
     gold = np.asarray(pairs.scores, dtype=np.float64)
     return StsResult(
-        model=model, data=pairs.source, format=pairs.format, split=pairs.split or split, pairs=len(pairs),
-        spearman=100 * spearman(sims, gold), pearson=100 * pearson(sims, gold),
-        seconds=round(time.monotonic() - started, 2), backend=str(getattr(encoder, "backend", "torch")),
+        model=model,
+        data=pairs.source,
+        format=pairs.format,
+        split=pairs.split or split,
+        pairs=len(pairs),
+        spearman=100 * spearman(sims, gold),
+        pearson=100 * pearson(sims, gold),
+        seconds=round(time.monotonic() - started, 2),
+        backend=str(getattr(encoder, "backend", "torch")),
     )

@@ -139,7 +139,11 @@ def finetune(
 
     reporter: Any = _ProgressReporter(progress)
     trainer = _trainer_class()(
-        model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=loss,
+        evaluator=evaluator,
         callbacks=[reporter, *(callbacks or [])],
     )
     # The library never prints: drop the trainer's own tqdm bar and log printer.
@@ -158,12 +162,23 @@ def finetune(
     steps = int(trainer.state.global_step)
     done_here = steps - _checkpoint_step(last)
     result = FinetuneResult(
-        out=str(out), base=config.base, loss=config.loss, train_source=data.source, train_format=data.format,
-        train_examples=n_examples, steps=steps, epochs=float(trainer.state.epoch or 0.0),
-        seconds=round(seconds, 2), examples_per_s=round(done_here * config.batch_size / max(seconds, 1e-9), 2),
-        device=device, precision=precision,
-        train_loss_start=losses[0] if losses else None, train_loss_end=losses[-1] if losses else None,
-        dev_before=dev_before, dev_after=dev_after, resumed_from=last.name if last else None,
+        out=str(out),
+        base=config.base,
+        loss=config.loss,
+        train_source=data.source,
+        train_format=data.format,
+        train_examples=n_examples,
+        steps=steps,
+        epochs=float(trainer.state.epoch or 0.0),
+        seconds=round(seconds, 2),
+        examples_per_s=round(done_here * config.batch_size / max(seconds, 1e-9), 2),
+        device=device,
+        precision=precision,
+        train_loss_start=losses[0] if losses else None,
+        train_loss_end=losses[-1] if losses else None,
+        dev_before=dev_before,
+        dev_after=dev_after,
+        resumed_from=last.name if last else None,
         log_history=history,
     )
     _save_atomically(model, out, config, result, dev)
@@ -177,9 +192,7 @@ def build_training_columns(data: PairData, loss: str) -> dict[str, list[Any]]:
     if loss in ("mnrl", "softmax") and data.labels is None:
         raise DataError(f"loss {loss} needs NLI labels, but {data.source} ({data.format}) has only scores")
     if loss == "cosine" and data.scores is None:
-        raise DataError(
-            f"loss cosine needs similarity scores, but {data.source} ({data.format}) has only labels"
-        )
+        raise DataError(f"loss cosine needs similarity scores, but {data.source} ({data.format}) has only labels")
     if loss == "mnrl":
         columns: dict[str, list[Any]] = nli_triplets(data)
         what = "(anchor, entailment, contradiction) triplets"
@@ -235,9 +248,14 @@ def _check_numbers(config: FinetuneConfig) -> None:
 
 def _head(data: PairData, n: int) -> PairData:
     return PairData(
-        data.sentence1[:n], data.sentence2[:n], labels=data.labels[:n] if data.labels else None,
-        scores=data.scores[:n] if data.scores else None, score_range=data.score_range,
-        source=data.source, format=data.format, split=data.split,
+        data.sentence1[:n],
+        data.sentence2[:n],
+        labels=data.labels[:n] if data.labels else None,
+        scores=data.scores[:n] if data.scores else None,
+        score_range=data.score_range,
+        source=data.source,
+        format=data.format,
+        split=data.split,
     )
 
 
@@ -269,8 +287,14 @@ def _make_evaluator(dev: PairData, batch_size: int) -> Any:
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     return EmbeddingSimilarityEvaluator(
-        dev.sentence1, dev.sentence2, dev.unit_scores(), batch_size=min(batch_size, 64),
-        main_similarity="cosine", similarity_fn_names=["cosine"], name="dev", write_csv=False,
+        dev.sentence1,
+        dev.sentence2,
+        dev.unit_scores(),
+        batch_size=min(batch_size, 64),
+        main_similarity="cosine",
+        similarity_fn_names=["cosine"],
+        name="dev",
+        write_csv=False,
     )
 
 
@@ -415,7 +439,8 @@ def model_card(config: FinetuneConfig, result: FinetuneResult, dev: PairData | N
         "|---|---|",
         f"| base model | `{config.base}` |",
         f"| training data | `{result.train_source}` ({result.train_format}"
-        + (f", split {config.split}" if config.split else "") + ") |",
+        + (f", split {config.split}" if config.split else "")
+        + ") |",
         f"| training examples | {result.train_examples} |",
         f"| loss | {LOSS_NAMES[config.loss]} (`--loss {config.loss}`) |",
         f"| steps | {result.steps} (epochs {result.epochs:.2f}, batch size {config.batch_size}) |",
@@ -423,8 +448,7 @@ def model_card(config: FinetuneConfig, result: FinetuneResult, dev: PairData | N
         f"| max sequence length | {config.max_seq_length or 'model default'} |",
         f"| device / precision | {result.device} / {result.precision} |",
         f"| training time | {result.seconds:.0f} s ({result.examples_per_s:.1f} examples/s) |",
-        f"| training loss | {fmt_loss(result.train_loss_start)} at start, "
-        f"{fmt_loss(result.train_loss_end)} at end |",
+        f"| training loss | {fmt_loss(result.train_loss_start)} at start, {fmt_loss(result.train_loss_end)} at end |",
         f"| dev set | {dev_line} |",
         f"| dev Spearman (cosine, x100) | {fmt(result.dev_before)} before, {fmt(result.dev_after)} after |",
         "",

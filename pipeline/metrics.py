@@ -47,9 +47,7 @@ def mrr_at_k(ranking: Ranking, qrels: Qrels, k: int) -> float:
     return 0.0
 
 
-def mean_metric(
-    metric: str, rankings: Mapping[Any, Ranking], qrels: Mapping[Any, Qrels], k: int
-) -> float:
+def mean_metric(metric: str, rankings: Mapping[Any, Ranking], qrels: Mapping[Any, Qrels], k: int) -> float:
     """Mean of ndcg/recall/mrr@k over the queries that have at least one relevant document."""
     fn = {"ndcg": ndcg_at_k, "recall": recall_at_k, "mrr": mrr_at_k}.get(metric)
     if fn is None:

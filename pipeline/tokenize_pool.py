@@ -114,8 +114,10 @@ class TokenizerPool:
             assert spec is not None
             # spawn, not fork: the parent may hold torch/ORT thread pools that do not survive a fork.
             self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(spec, max_length),
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(spec, max_length),
             )
         else:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="bmsearch-tokenize")
@@ -133,9 +135,7 @@ class TokenizerPool:
             return PendingTokens([self._executor.submit(self.tokenize, texts)])
         pieces = max(1, min(self.workers, len(texts) // _MIN_SPLIT))
         step = -(-len(texts) // pieces) if texts else 1
-        futures = [
-            self._executor.submit(_encode_in_worker, texts[i : i + step]) for i in range(0, len(texts), step)
-        ]
+        futures = [self._executor.submit(_encode_in_worker, texts[i : i + step]) for i in range(0, len(texts), step)]
         if not futures:
             futures = [self._executor.submit(_encode_in_worker, [])]
         return PendingTokens(futures)
@@ -145,8 +145,14 @@ class TokenizerPool:
 
     def _slow_tokenize(self, texts: Sequence[str]) -> TokenBatch:
         try:
-            out = self._hf(list(texts), truncation=True, max_length=self.max_length, padding=False,
-                           return_attention_mask=False, return_token_type_ids=False)
+            out = self._hf(
+                list(texts),
+                truncation=True,
+                max_length=self.max_length,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
         except Exception as exc:
             raise ModelError(f"tokenizer failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
         rows = list(out["input_ids"])

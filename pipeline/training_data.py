@@ -156,8 +156,14 @@ def read_sick(path: Path, split: str = "train") -> PairData:
     labels = parse_labels([r[idx["entailment_label"]] for r in rows], str(file))
     scores = [float(r[idx["relatedness_score"]]) for r in rows]
     return PairData(
-        [r[idx["sentence_A"]] for r in rows], [r[idx["sentence_B"]] for r in rows], labels=labels,
-        scores=scores, score_range=(1.0, 5.0), source=str(file), format="sick", split=split,
+        [r[idx["sentence_A"]] for r in rows],
+        [r[idx["sentence_B"]] for r in rows],
+        labels=labels,
+        scores=scores,
+        score_range=(1.0, 5.0),
+        source=str(file),
+        format="sick",
+        split=split,
     )
 
 
@@ -187,8 +193,7 @@ def read_table(path: Path, columns: Columns) -> PairData:
         raise DataError(f"{path} holds no rows")
     if label_col is None and score_col is None:
         raise DataError(
-            f"{path} has neither a label column (label) nor a score column (score); "
-            f"columns there: {', '.join(names)}"
+            f"{path} has neither a label column (label) nor a score column (score); columns there: {', '.join(names)}"
         )
     labels = parse_labels(table.column(label_col).to_pylist(), str(path)) if label_col else None
     scores = None
@@ -215,9 +220,7 @@ def parse_labels(values: Sequence[Any], where: str) -> list[int]:
             out.append(label)
     if unknown:
         shown = ", ".join(f"{k!r} ({n}x)" for k, n in sorted(unknown.items(), key=lambda kv: -kv[1])[:5])
-        raise DataError(
-            f"{where}: unknown label value(s) {shown}; expected entailment/neutral/contradiction or 0/1/2"
-        )
+        raise DataError(f"{where}: unknown label value(s) {shown}; expected entailment/neutral/contradiction or 0/1/2")
     return out
 
 

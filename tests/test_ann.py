@@ -300,7 +300,9 @@ def test_ivf_remove_and_add_reuses_quantizer(data: tuple) -> None:
     centroids = faiss.vector_to_array(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).codes).copy()
     assert ann.remove_ids(index, ids[:100]) == 100
     assert ann.add_vectors(index, ann.iter_array_chunks(ids[4000:4100], x[4000:4100])) == 100
-    assert np.array_equal(centroids, faiss.vector_to_array(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).codes))
+    assert np.array_equal(
+        centroids, faiss.vector_to_array(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).codes)
+    )
     _, found = ann.search(index, x[:100], 1, {"nprobe": 32})
     assert not any(np.isin(r, ids[:100]).any() for r in found)
     _, found = ann.search(index, x[4000:4050], 1, {"nprobe": 32})

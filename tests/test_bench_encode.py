@@ -24,9 +24,15 @@ from pipeline.errors import DataError
 
 @pytest.fixture(scope="module")
 def result(tiny_model: Path) -> dict:
-    config = EncodeBenchConfig(corpus="synthetic", rows=90, mean_tokens=20, model=str(tiny_model),
-                               encoder=EncoderConfig(device="cpu", backend="torch"), st_batch_sizes=(16, 64),
-                               read_rows=25)
+    config = EncodeBenchConfig(
+        corpus="synthetic",
+        rows=90,
+        mean_tokens=20,
+        model=str(tiny_model),
+        encoder=EncoderConfig(device="cpu", backend="torch"),
+        st_batch_sizes=(16, 64),
+        read_rows=25,
+    )
     return run_encode_bench(config)
 
 
@@ -55,8 +61,25 @@ def test_agreement_is_measured_against_sentence_transformers(result: dict) -> No
 def test_cli_json_and_record(tiny_model: Path, tmp_path: Path) -> None:
     record = tmp_path / "benchmarks.md"
     record.write_text("# Benchmarks\n\nsomeone else's section\n")
-    args = ["bench", "encode", "--corpus", "synthetic", "--rows", "40", "--mean-tokens", "12", "--model",
-            str(tiny_model), "--backend", "torch", "--device", "cpu", "--json", "--record", str(record)]
+    args = [
+        "bench",
+        "encode",
+        "--corpus",
+        "synthetic",
+        "--rows",
+        "40",
+        "--mean-tokens",
+        "12",
+        "--model",
+        str(tiny_model),
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--json",
+        "--record",
+        str(record),
+    ]
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
@@ -69,8 +92,21 @@ def test_cli_json_and_record(tiny_model: Path, tmp_path: Path) -> None:
 
 def test_cli_text_output(tiny_model: Path) -> None:
     # Default --mean-tokens (64 words) runs past the tiny model's 128 positions: it must be truncated.
-    args = ["bench", "encode", "--corpus", "synthetic", "--rows", "30", "--model", str(tiny_model),
-            "--backend", "torch", "--device", "cpu", "--quiet"]
+    args = [
+        "bench",
+        "encode",
+        "--corpus",
+        "synthetic",
+        "--rows",
+        "30",
+        "--model",
+        str(tiny_model),
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
     assert "(a) ST encode, batch 32" in out.output and "agreement of (c) with (a)" in out.output
@@ -109,8 +145,13 @@ def test_sts_sentences_parse_real_files(shared_data: Path) -> None:
 
 @pytest.mark.slow
 def test_minilm_onnx_int8_bench_on_sts(minilm_path: Path, shared_data: Path) -> None:
-    config = EncodeBenchConfig(corpus="sts", data_dir=shared_data, rows=600, model=str(minilm_path),
-                               encoder=EncoderConfig(device="cpu", backend="onnx-int8"))
+    config = EncodeBenchConfig(
+        corpus="sts",
+        data_dir=shared_data,
+        rows=600,
+        model=str(minilm_path),
+        encoder=EncoderConfig(device="cpu", backend="onnx-int8"),
+    )
     result = run_encode_bench(config)
     assert result["agreement"]["mean_cosine"] >= 0.99
     assert result["encoder"]["backend"] == "onnx-int8"

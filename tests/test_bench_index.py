@@ -29,8 +29,10 @@ def test_synthetic_is_normalised_clustered_and_deterministic() -> None:
 
 def test_imdb_sentences_strip_breaks_and_dedupe(tmp_path: Path) -> None:
     path = tmp_path / "reviews.jsonl.gz"
-    rows = [{"text": "Great film. Loved it a lot!<br /><br />Would watch again today."},
-            {"text": "Great film. Short. Another distinct sentence here?"}]
+    rows = [
+        {"text": "Great film. Loved it a lot!<br /><br />Would watch again today."},
+        {"text": "Great film. Short. Another distinct sentence here?"},
+    ]
     with gzip.open(path, "wt") as fh:
         fh.write("\n".join(json.dumps(r) for r in rows))
     got = bench_index.imdb_sentences(path, 10)
@@ -53,9 +55,25 @@ def test_bench_vectors_rows_are_measured() -> None:
 def test_cli_json_and_record_appends(tmp_path: Path) -> None:
     record = tmp_path / "benchmarks.md"
     record.write_text("# Benchmarks\n\n## Encoder (someone else's)\n\nkeep me\n")
-    args = ["bench", "index", "--dataset", "synthetic", "--synthetic-n", "3000", "--synthetic-dim", "16",
-            "--index-type", "auto", "--latency-queries", "20", "--filter-queries", "10",
-            "--json", "--record", str(record)]
+    args = [
+        "bench",
+        "index",
+        "--dataset",
+        "synthetic",
+        "--synthetic-n",
+        "3000",
+        "--synthetic-dim",
+        "16",
+        "--index-type",
+        "auto",
+        "--latency-queries",
+        "20",
+        "--filter-queries",
+        "10",
+        "--json",
+        "--record",
+        str(record),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -66,8 +84,19 @@ def test_cli_json_and_record_appends(tmp_path: Path) -> None:
 
 
 def test_cli_bad_index_type_is_one_line_error() -> None:
-    args = ["bench", "index", "--dataset", "synthetic", "--synthetic-n", "2000", "--synthetic-dim", "8",
-            "--index-type", "IVF8,Nonsense", "--quiet"]
+    args = [
+        "bench",
+        "index",
+        "--dataset",
+        "synthetic",
+        "--synthetic-n",
+        "2000",
+        "--synthetic-dim",
+        "8",
+        "--index-type",
+        "IVF8,Nonsense",
+        "--quiet",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1
     assert result.output.strip().startswith("Error: invalid index type") and result.output.count("\n") == 1

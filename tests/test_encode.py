@@ -47,8 +47,11 @@ def test_rows_differ_so_order_is_observable(encoder: Encoder) -> None:
 
 def test_empty_input(encoder: Encoder) -> None:
     assert encoder.encode([]).shape == (0, encoder.dim)
-    assert [e.shape for e in encoder.encode_chunks([[], ["a cat"], []])] == [(0, encoder.dim), (1, encoder.dim),
-                                                                             (0, encoder.dim)]
+    assert [e.shape for e in encoder.encode_chunks([[], ["a cat"], []])] == [
+        (0, encoder.dim),
+        (1, encoder.dim),
+        (0, encoder.dim),
+    ]
     assert list(encoder.encode_chunks([])) == []
 
 

@@ -103,8 +103,9 @@ def test_cli_eval_sts_json_and_table(tiny_model: Path, pairs: tuple[list[str], l
     gold = own_cosines(tiny_model, s1, s2)
     sts_file(folder / "sts-dev.csv", s1, s2, [float(g) for g in gold])
     runner = CliRunner()
-    result = runner.invoke(cli, ["eval", "sts", "--model", str(tiny_model), "--data", str(folder), "--split", "dev",
-                                 "--json", "--quiet"])
+    result = runner.invoke(
+        cli, ["eval", "sts", "--model", str(tiny_model), "--data", str(folder), "--split", "dev", "--json", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["pairs"] == 30 and out["split"] == "dev" and out["spearman"] > 99.5
@@ -168,8 +169,13 @@ def test_snli_folder_layout(tmp_path: Path) -> None:
 
 def test_sick_layout_and_splits(tmp_path: Path) -> None:
     header = "pair_ID\tsentence_A\tsentence_B\tentailment_label\trelatedness_score\tSemEval_set"
-    rows = ["1\ta\tb\tNEUTRAL\t4.5\tTRAIN", "2\tc\td\tENTAILMENT\t1\tTEST", "3\te\tf\tCONTRADICTION\t3\tTEST",
-            "4\tg\th\tNEUTRAL\t2\tTRIAL", "5\ti\tj\tNEUTRAL\t5\tTEST"]
+    rows = [
+        "1\ta\tb\tNEUTRAL\t4.5\tTRAIN",
+        "2\tc\td\tENTAILMENT\t1\tTEST",
+        "3\te\tf\tCONTRADICTION\t3\tTEST",
+        "4\tg\th\tNEUTRAL\t2\tTRIAL",
+        "5\ti\tj\tNEUTRAL\t5\tTEST",
+    ]
     path = tmp_path / "SICK.txt"
     path.write_text("\n".join([header, *rows]) + "\n")
     assert detect_format(path) == "sick"
@@ -182,7 +188,7 @@ def test_sick_layout_and_splits(tmp_path: Path) -> None:
 
 def test_table_reader_csv_and_label_forms(tmp_path: Path) -> None:
     path = tmp_path / "nli.csv"
-    path.write_text("premise,hypothesis,label\n\"a, b\",c,Entailment\nd,e,2\nf,g,1\n")
+    path.write_text('premise,hypothesis,label\n"a, b",c,Entailment\nd,e,2\nf,g,1\n')
     data = load_pairs(path)
     assert data.format == "table" and data.sentence1 == ["a, b", "d", "f"] and data.labels == [0, 2, 1]
     tsv = tmp_path / "pairs.tsv"

@@ -31,8 +31,11 @@ def nli_rows(n_premises: int, seed: int = 0) -> dict[str, list[Any]]:
     for i, premise in enumerate(premises):
         words = premise.split()
         entailed = " ".join(w for j, w in enumerate(words) if j != rng.randrange(len(words))) or premise
-        for hypothesis, label in ((entailed, "entailment"), (others[2 * i], "neutral"),
-                                  (others[2 * i + 1], "contradiction")):
+        for hypothesis, label in (
+            (entailed, "entailment"),
+            (others[2 * i], "neutral"),
+            (others[2 * i + 1], "contradiction"),
+        ):
             rows["premise"].append(premise)
             rows["hypothesis"].append(hypothesis)
             rows["label"].append(label)
@@ -103,8 +106,18 @@ def test_each_loss_trains_saves_and_reloads(
     train = sts_tsv if loss == "cosine" else nli_parquet
     dev = write_sts(tmp_path / "sts-dev.csv", 12, seed=5) if loss == "cosine" else None
     out = tmp_path / f"model-{loss}"
-    result = finetune(FinetuneConfig(base=str(tiny_model), train=str(train), out=str(out), loss=loss,
-                                     dev=str(dev) if dev else None, max_steps=steps, save_steps=per_epoch, **FAST))
+    result = finetune(
+        FinetuneConfig(
+            base=str(tiny_model),
+            train=str(train),
+            out=str(out),
+            loss=loss,
+            dev=str(dev) if dev else None,
+            max_steps=steps,
+            save_steps=per_epoch,
+            **FAST,
+        )
+    )
 
     assert result.steps == steps
     losses = [h["loss"] for h in result.log_history if "loss" in h]
@@ -154,8 +167,9 @@ class StopAt:
 
 def test_resume_continues_from_last_checkpoint(tiny_model: Path, nli_parquet: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
-    config = FinetuneConfig(base=str(tiny_model), train=str(nli_parquet), out=str(out), loss="softmax",
-                            max_steps=4, save_steps=2, **FAST)
+    config = FinetuneConfig(
+        base=str(tiny_model), train=str(nli_parquet), out=str(out), loss="softmax", max_steps=4, save_steps=2, **FAST
+    )
     with pytest.raises(Interrupted):
         finetune(config, callbacks=[StopAt(3)])
     assert not out.exists()
@@ -196,8 +210,22 @@ def run_cli(*args: str) -> Any:
 
 def test_cli_trains_and_refuses_existing_output(tiny_model: Path, nli_parquet: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
-    args = ["--base", str(tiny_model), "--train", str(nli_parquet), "--out", str(out), "--max-steps", "2",
-            "--batch-size", "4", "--max-seq-length", "32", "--json", "--quiet"]
+    args = [
+        "--base",
+        str(tiny_model),
+        "--train",
+        str(nli_parquet),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-seq-length",
+        "32",
+        "--json",
+        "--quiet",
+    ]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -232,20 +260,55 @@ def test_missing_columns_name_those_present(tiny_model: Path, tmp_path: Path) ->
     assert result.exit_code == DataError.exit_code
     assert "premise" in result.stderr and "text_a, text_b, gold" in result.stderr
 
-    named = run_cli("--base", str(tiny_model), "--train", str(data), "--out", str(tmp_path / "m"),
-                    "--premise-column", "text_a", "--hypothesis-column", "text_b", "--label-column", "lbl")
+    named = run_cli(
+        "--base",
+        str(tiny_model),
+        "--train",
+        str(data),
+        "--out",
+        str(tmp_path / "m"),
+        "--premise-column",
+        "text_a",
+        "--hypothesis-column",
+        "text_b",
+        "--label-column",
+        "lbl",
+    )
     assert named.exit_code == DataError.exit_code
     assert "label column 'lbl'" in named.stderr and "premise" not in named.stderr.split(";")[0]
 
 
 def test_configurable_columns_train(tiny_model: Path, tmp_path: Path) -> None:
     rows = nli_rows(4)
-    data = write_parquet(tmp_path / "nli.parquet", {"a": rows["premise"], "b": rows["hypothesis"],
-                                                    "y": [["entailment", "neutral", "contradiction"].index(v)
-                                                          for v in rows["label"]]})
-    result = run_cli("--base", str(tiny_model), "--train", str(data), "--out", str(tmp_path / "m"), "--quiet",
-                     "--premise-column", "a", "--hypothesis-column", "b", "--label-column", "y",
-                     "--max-steps", "1", "--batch-size", "4", "--loss", "softmax")
+    data = write_parquet(
+        tmp_path / "nli.parquet",
+        {
+            "a": rows["premise"],
+            "b": rows["hypothesis"],
+            "y": [["entailment", "neutral", "contradiction"].index(v) for v in rows["label"]],
+        },
+    )
+    result = run_cli(
+        "--base",
+        str(tiny_model),
+        "--train",
+        str(data),
+        "--out",
+        str(tmp_path / "m"),
+        "--quiet",
+        "--premise-column",
+        "a",
+        "--hypothesis-column",
+        "b",
+        "--label-column",
+        "y",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--loss",
+        "softmax",
+    )
     assert result.exit_code == 0, result.output
     assert "SoftmaxLoss" in (tmp_path / "m" / "README.md").read_text()
 
@@ -259,8 +322,9 @@ def test_too_few_triplets_for_mnrl(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_loss_needs_matching_data(tiny_model: Path, nli_parquet: Path, sts_tsv: Path, tmp_path: Path) -> None:
-    cosine = run_cli("--base", str(tiny_model), "--train", str(nli_parquet), "--out", str(tmp_path / "m"),
-                     "--loss", "cosine")
+    cosine = run_cli(
+        "--base", str(tiny_model), "--train", str(nli_parquet), "--out", str(tmp_path / "m"), "--loss", "cosine"
+    )
     assert cosine.exit_code == 1 and "needs similarity scores" in cosine.stderr
     mnrl = run_cli("--base", str(tiny_model), "--train", str(sts_tsv), "--out", str(tmp_path / "m"))
     assert mnrl.exit_code == 1 and "needs NLI labels" in mnrl.stderr
@@ -280,8 +344,9 @@ def test_base_model_that_cannot_be_loaded(nli_parquet: Path, tmp_path: Path) -> 
 
 
 def test_bad_numbers_are_usage_errors(tiny_model: Path, nli_parquet: Path, tmp_path: Path) -> None:
-    result = run_cli("--base", str(tiny_model), "--train", str(nli_parquet), "--out", str(tmp_path / "m"),
-                     "--batch-size", "0")
+    result = run_cli(
+        "--base", str(tiny_model), "--train", str(nli_parquet), "--out", str(tmp_path / "m"), "--batch-size", "0"
+    )
     assert result.exit_code == UsageError.exit_code == 2 and "--batch-size" in result.stderr
 
 
@@ -309,9 +374,18 @@ def test_shared_layouts_build_training_columns(shared_data: Path) -> None:
 
 @pytest.mark.slow
 def test_snli_mnrl_smoke_on_minilm(minilm_path: Path, shared_data: Path, tmp_path: Path) -> None:
-    result = finetune(FinetuneConfig(
-        base=str(minilm_path), train=str(shared_data / "nli" / "snli_devtest"), split="dev", out=str(tmp_path / "m"),
-        loss="mnrl", batch_size=16, max_steps=20, save_steps=1000, max_examples=2000,
-        dev=str(shared_data / "stsbenchmark" / "sts-dev.csv"),
-    ))
+    result = finetune(
+        FinetuneConfig(
+            base=str(minilm_path),
+            train=str(shared_data / "nli" / "snli_devtest"),
+            split="dev",
+            out=str(tmp_path / "m"),
+            loss="mnrl",
+            batch_size=16,
+            max_steps=20,
+            save_steps=1000,
+            max_examples=2000,
+            dev=str(shared_data / "stsbenchmark" / "sts-dev.csv"),
+        )
+    )
     assert result.steps == 20 and result.dev_after is not None and result.dev_after > 0.8

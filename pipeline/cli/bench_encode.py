@@ -15,35 +15,77 @@ _BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
 @click.command("encode")
-@click.option("--corpus", type=click.Choice(["sts", "imdb", "msmarco", "synthetic"]), default="sts",
-              show_default=True, help="Short sentences (sts), passages (imdb, msmarco) or generated text.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Shared data folder [default: $BMSEARCH_SHARED_DATA or ../shared/data].")
+@click.option(
+    "--corpus",
+    type=click.Choice(["sts", "imdb", "msmarco", "synthetic"]),
+    default="sts",
+    show_default=True,
+    help="Short sentences (sts), passages (imdb, msmarco) or generated text.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Shared data folder [default: $BMSEARCH_SHARED_DATA or ../shared/data].",
+)
 @click.option("--rows", type=click.IntRange(min=1), default=None, help="Cap the corpus at this many texts.")
-@click.option("--mean-tokens", type=click.IntRange(min=3), default=64, show_default=True,
-              help="Mean length of the synthetic corpus.")
+@click.option(
+    "--mean-tokens",
+    type=click.IntRange(min=3),
+    default=64,
+    show_default=True,
+    help="Mean length of the synthetic corpus.",
+)
 @click.option("--model", default=None, help="Model directory or hub id [default: the packaged MiniLM].")
-@click.option("--arch", type=click.Choice(["bert-medium"]), default=None,
-              help="Benchmark this architecture with random weights (no hub needed).")
+@click.option(
+    "--arch",
+    type=click.Choice(["bert-medium"]),
+    default=None,
+    help="Benchmark this architecture with random weights (no hub needed).",
+)
 @click.option("--backend", type=click.Choice(_BACKENDS), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--token-budget", type=click.IntRange(min=1), default=None, help="Padded tokens per batch.")
-@click.option("--tokenizer-workers", type=click.IntRange(min=0), default=None,
-              help="Tokeniser processes (0: one background thread) [default: by device and cores].")
+@click.option(
+    "--tokenizer-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Tokeniser processes (0: one background thread) [default: by device and cores].",
+)
 @click.option("--compile/--no-compile", "torch_compile", default=None, help="torch.compile the model (GPU).")
-@click.option("--quality", is_flag=True,
-              help="Also measure nDCG@10 on mini_msmarco and mini_dbpedia for torch, onnx and onnx-int8.")
+@click.option(
+    "--quality",
+    is_flag=True,
+    help="Also measure nDCG@10 on mini_msmarco and mini_dbpedia for torch, onnx and onnx-int8.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--record", type=click.Path(path_type=Path), default=None,
-              help="Append a markdown section with the figures to this file (e.g. docs/benchmarks.md).")
+@click.option(
+    "--record",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Append a markdown section with the figures to this file (e.g. docs/benchmarks.md).",
+)
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @handle_errors
-def command(corpus: str, data_dir: Path | None, rows: int | None, mean_tokens: int, model: str | None,
-            arch: str | None, backend: str, device: str, precision: str, token_budget: int | None,
-            tokenizer_workers: int | None, torch_compile: bool | None, quality: bool, as_json: bool,
-            record: Path | None, quiet: bool) -> None:
+def command(
+    corpus: str,
+    data_dir: Path | None,
+    rows: int | None,
+    mean_tokens: int,
+    model: str | None,
+    arch: str | None,
+    backend: str,
+    device: str,
+    precision: str,
+    token_budget: int | None,
+    tokenizer_workers: int | None,
+    torch_compile: bool | None,
+    quality: bool,
+    as_json: bool,
+    record: Path | None,
+    quiet: bool,
+) -> None:
     """Time the same corpus through sentence-transformers' encode (batch 32, then its best batch size)
     and through bmsearch's encoder from a Parquet file to .npy shards; report rows/s, tokens/s, ratios,
     peak RSS and the cosine agreement of bmsearch's embeddings with sentence-transformers'."""
@@ -52,15 +94,23 @@ def command(corpus: str, data_dir: Path | None, rows: int | None, mean_tokens: i
     from pipeline.bench_encode import EncodeBenchConfig, retrieval_quality, run_encode_bench
     from pipeline.encode import EncoderConfig
 
-    encoder = EncoderConfig(device=device, precision=precision, backend=backend, token_budget=token_budget,
-                            tokenizer_workers=tokenizer_workers, torch_compile=torch_compile)
-    config = EncodeBenchConfig(corpus=corpus, data_dir=data_dir, rows=rows, mean_tokens=mean_tokens,
-                               model=model, arch=arch, encoder=encoder)
+    encoder = EncoderConfig(
+        device=device,
+        precision=precision,
+        backend=backend,
+        token_budget=token_budget,
+        tokenizer_workers=tokenizer_workers,
+        torch_compile=torch_compile,
+    )
+    config = EncodeBenchConfig(
+        corpus=corpus, data_dir=data_dir, rows=rows, mean_tokens=mean_tokens, model=model, arch=arch, encoder=encoder
+    )
     progress = CliProgress(enabled=not quiet and not as_json)
     result = run_encode_bench(config, progress)
     if quality:
-        result["quality"] = retrieval_quality(model or default_model(), data_dir or default_data_dir(),
-                                              progress=progress)
+        result["quality"] = retrieval_quality(
+            model or default_model(), data_dir or default_data_dir(), progress=progress
+        )
         progress.close()
     result["command"] = _command_line(click.get_current_context())
     if as_json:
@@ -94,14 +144,24 @@ _COLUMNS = ("name", "batch", "rows/s", "tokens/s", "vs ST default", "vs ST best"
 
 
 def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    labels = {"st_default": "(a) ST encode, batch 32", "st_best": "(b) ST encode, best batch",
-              "bmsearch": f"(c) bmsearch {result['encoder']['backend']}, Parquet->.npy"}
-    return [{"name": labels.get(s["name"], s["name"]),
-             "batch": s.get("batch_size") or f"{s.get('token_budget')} tok",
-             "rows/s": f"{s['rows_per_s']:,.1f}", "tokens/s": f"{s['tokens_per_s']:,.0f}",
-             "vs ST default": f"{s['vs_st_default']:.2f}x", "vs ST best": f"{s['vs_st_best']:.2f}x",
-             "seconds": f"{s['seconds']:.1f}", "peak RSS MB": f"{s['peak_rss_mb']:,.0f}"}
-            for s in result["stages"]]
+    labels = {
+        "st_default": "(a) ST encode, batch 32",
+        "st_best": "(b) ST encode, best batch",
+        "bmsearch": f"(c) bmsearch {result['encoder']['backend']}, Parquet->.npy",
+    }
+    return [
+        {
+            "name": labels.get(s["name"], s["name"]),
+            "batch": s.get("batch_size") or f"{s.get('token_budget')} tok",
+            "rows/s": f"{s['rows_per_s']:,.1f}",
+            "tokens/s": f"{s['tokens_per_s']:,.0f}",
+            "vs ST default": f"{s['vs_st_default']:.2f}x",
+            "vs ST best": f"{s['vs_st_best']:.2f}x",
+            "seconds": f"{s['seconds']:.1f}",
+            "peak RSS MB": f"{s['peak_rss_mb']:,.0f}",
+        }
+        for s in result["stages"]
+    ]
 
 
 def _summary(result: dict[str, Any]) -> list[str]:
@@ -126,9 +186,17 @@ def _quality_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, data in result.get("quality", {}).get("datasets", {}).items():
         for backend, r in data["backends"].items():
-            rows.append({"data set": name, "backend": backend, "nDCG@10": f"{r['ndcg_at_10']:.2f}",
-                         "queries": r["queries"], "mean cos": f"{r.get('mean_cosine', 1.0):.4f}",
-                         "min cos": f"{r.get('min_cosine', 1.0):.4f}", "encode s": f"{r['encode_s']:.1f}"})
+            rows.append(
+                {
+                    "data set": name,
+                    "backend": backend,
+                    "nDCG@10": f"{r['ndcg_at_10']:.2f}",
+                    "queries": r["queries"],
+                    "mean cos": f"{r.get('mean_cosine', 1.0):.4f}",
+                    "min cos": f"{r.get('min_cosine', 1.0):.4f}",
+                    "encode s": f"{r['encode_s']:.1f}",
+                }
+            )
     return rows
 
 

@@ -53,27 +53,45 @@ def eval_group() -> None:
 
 
 @eval_group.command("sts")
-@click.option("--model", "-m", "model", default="prajjwal1/bert-medium", show_default=True,
-              help="Hub id (cached) or local model directory.")
-@click.option("--data", required=True,
-              help="STS benchmark csv (or its folder with --split), SICK.txt, or Parquet/CSV with scores.")
+@click.option(
+    "--model",
+    "-m",
+    "model",
+    default="prajjwal1/bert-medium",
+    show_default=True,
+    help="Hub id (cached) or local model directory.",
+)
+@click.option(
+    "--data",
+    required=True,
+    help="STS benchmark csv (or its folder with --split), SICK.txt, or Parquet/CSV with scores.",
+)
 @click.option("--split", default=None, help="STS folder: train/dev/test; SICK: train/trial/test [test].")
-@click.option("--format", "fmt", type=click.Choice(["auto", "sts", "sick", "table"]), default="auto",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["auto", "sts", "sick", "table"]), default="auto", show_default=True)
 @click.option("--sentence1-column", default=None, help="Table column of first sentences [sentence1].")
 @click.option("--sentence2-column", default=None, help="Table column of second sentences [sentence2].")
 @click.option("--score-column", default=None, help="Table column of gold scores [score].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--max-seq-length", type=int, default=None, help="Truncate inputs to this many tokens.")
-@backend_option('auto', 'Encoder backend (auto: torch on GPU, the CPU default on CPU).')
+@backend_option("auto", "Encoder backend (auto: torch on GPU, the CPU default on CPU).")
 @click.option("--threads", type=int, default=None, help="CPU threads for the forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @handle_errors
 def sts(
-    model: str, data: str, split: str | None, fmt: str, sentence1_column: str | None,
-    sentence2_column: str | None, score_column: str | None, device: str, max_seq_length: int | None,
-    backend: str, threads: int | None, as_json: bool, quiet: bool,
+    model: str,
+    data: str,
+    split: str | None,
+    fmt: str,
+    sentence1_column: str | None,
+    sentence2_column: str | None,
+    score_column: str | None,
+    device: str,
+    max_seq_length: int | None,
+    backend: str,
+    threads: int | None,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Spearman and Pearson (x100) of cosine similarity against gold similarity scores."""
     from pipeline.encode import EncoderConfig
@@ -81,7 +99,10 @@ def sts(
     from pipeline.training_data import Columns
 
     result = evaluate_sts(
-        model, data, split=split, format=fmt,
+        model,
+        data,
+        split=split,
+        format=fmt,
         columns=Columns(premise=sentence1_column, hypothesis=sentence2_column, score=score_column),
         encoder_config=EncoderConfig(device=device, max_seq_length=max_seq_length, backend=backend, threads=threads),
         progress=CliProgress(enabled=not quiet),
@@ -89,7 +110,11 @@ def sts(
     if as_json:
         emit_json(result.to_dict())
         return
-    row = {"data": f"{result.data}" + (f" [{result.split}]" if result.split else ""), "pairs": result.pairs,
-           "spearman": round(result.spearman, 2), "pearson": round(result.pearson, 2)}
+    row = {
+        "data": f"{result.data}" + (f" [{result.split}]" if result.split else ""),
+        "pairs": result.pairs,
+        "spearman": round(result.spearman, 2),
+        "pearson": round(result.pearson, 2),
+    }
     click.echo(f"model: {result.model} (backend {result.backend})")
     click.echo(format_table([row], ["data", "pairs", "spearman", "pearson"], max_width=90))
