@@ -208,8 +208,6 @@ class _Run:
         _collect_shards(self.paths, keep=self._journal_shards())
         store = self._ingest()
         try:
-            if self.prev is not None:
-                store.rows("ATTACH ? AS prev (READ_ONLY)", [str(self.prev.path / DB_NAME)])
             counts = self._counts(store)
             dim = self.prev.manifest["model"]["dimension"] if self.prev else self.encoder.dim
             check_index_options(counts["rows"], dim, self.opts.index_type, self.opts.memory_budget)
@@ -239,66 +237,67 @@ class _Run:
 
     # --- stages --------------------------------------------------------------------------------
     def _ingest(self) -> Store:
+        """The staging database with the corpus in it (loaded now, or by the run this one resumes)."""
         db = self.work / DB_NAME
         done = self.journal.find("ingested")
         if done is None:
-            t0 = time.monotonic()
             for stale in (db, db.with_name(DB_NAME + ".wal")):
                 stale.unlink(missing_ok=True)
-            store = Store(db, read_only=False)
-            stats = CorpusStats()
-            self.progress.stage("reading", total=None)
-            for batch in read_batches(
-                self.sources,
-                self.schema,
-                self.opts.text_column,
-                self.opts.id_column,
-                self.opts.on_empty,
-                self.opts.read_rows,
-                stats,
-            ):
-                store.append_docs(batch)
-                self.progress.advance(batch.num_rows)
-            if stats.rows_kept == 0:
-                store.close()
-                raise CorpusError(
-                    f"the corpus has no non-empty texts ({stats.rows_read} rows read, {stats.skipped_empty} empty)"
-                )
-            duplicates = store.duplicate_keys(self.opts.id_column)
-            if duplicates:
-                store.close()
-                what = f"column {self.opts.id_column!r}" if self.opts.id_column else "derived row ids"
-                raise CorpusError(f"duplicate ids in {what}: {', '.join(map(str, duplicates))}")
-            if self.prev is not None and not self.opts.sync:
-                self._carry_over(store)
-            store.index_keys()
-            store.checkpoint()
-            self.journal.append(
-                {
-                    "event": "ingested",
-                    "rows_read": stats.rows_read,
-                    "skipped_empty": stats.skipped_empty,
-                    "rows": store.count(),
-                }
-            )
-            self.timings["ingest_s"] = time.monotonic() - t0
-            done = self.journal.find("ingested")
-        else:
-            store = Store(db, read_only=False)
-        assert done is not None
-        self.ingest_stats = done
+        store = Store(db, read_only=False)
+        try:
+            if self.prev is not None:
+                store.rows("ATTACH ? AS prev (READ_ONLY)", [str(self.prev.path / DB_NAME)])
+            self.ingest_stats = done if done is not None else self._load_corpus(store)
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def _load_corpus(self, store: Store) -> dict[str, Any]:
+        t0 = time.monotonic()
+        stats = CorpusStats()
+        self.progress.stage("reading", total=None)
+        for batch in read_batches(
+            self.sources,
+            self.schema,
+            self.opts.text_column,
+            self.opts.id_column,
+            self.opts.on_empty,
+            self.opts.read_rows,
+            stats,
+        ):
+            store.append_docs(batch)
+            self.progress.advance(batch.num_rows)
+        if stats.rows_kept == 0:
+            raise CorpusError(
+                f"the corpus has no non-empty texts ({stats.rows_read} rows read, {stats.skipped_empty} empty)"
+            )
+        duplicates = store.duplicate_keys(self.opts.id_column)
+        if duplicates:
+            what = f"column {self.opts.id_column!r}" if self.opts.id_column else "derived row ids"
+            raise CorpusError(f"duplicate ids in {what}: {', '.join(map(str, duplicates))}")
+        if self.prev is not None and not self.opts.sync:
+            self._carry_over(store)
+        store.index_keys()
+        store.checkpoint()
+        event = {
+            "event": "ingested",
+            "rows_read": stats.rows_read,
+            "skipped_empty": stats.skipped_empty,
+            "rows": store.count(),
+        }
+        self.journal.append(event)
+        self.timings["ingest_s"] = time.monotonic() - t0
+        return event
 
     def _carry_over(self, store: Store) -> None:
         """Without --sync, rows of the previous generation whose ids are absent now are kept."""
-        store.rows("ATTACH ? AS prev (READ_ONLY)", [str(self.prev.path / DB_NAME)])  # type: ignore[union-attr]
         new_cols = set(store.columns())
         old_cols = [r[0] for r in store.rows("SELECT column_name FROM (DESCRIBE prev.docs)")]
         shared = ", ".join(quote(c) for c in old_cols if c in new_cols)
         store.rows(
             f"INSERT INTO docs BY NAME SELECT {shared} FROM prev.docs p WHERE p.{KEY} NOT IN (SELECT {KEY} FROM docs)"
         )
-        store.rows("DETACH prev")
 
     def _counts(self, store: Store) -> dict[str, int]:
         rows = store.count()

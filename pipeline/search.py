@@ -122,9 +122,6 @@ class Searcher:
         self.generation = Generation.open(self.paths)
         return True
 
-    def columns(self) -> list[str]:
-        return [c for c in self.generation.store.columns() if c not in HIDDEN_COLUMNS]
-
     def search(
         self,
         queries: Sequence[str],
@@ -140,8 +137,7 @@ class Searcher:
         `where` is an SQL condition on metadata columns, evaluated in DuckDB before the search in every
         mode; `params` binds its `?` placeholders. `mode` is dense, lexical (BM25) or hybrid (fusion).
         """
-        if mode not in MODES:
-            raise UsageError(f"unknown search mode {mode!r}: use {', '.join(MODES)}")
+        _check_mode(mode)
         vectors = self.encoder.encode(list(queries)) if mode != "lexical" else None
         return self.search_encoded(queries, vectors, k, where, columns, params, mode, fusion)
 
@@ -157,8 +153,7 @@ class Searcher:
         fusion: FusionConfig | None = None,
     ) -> list[list[dict[str, Any]]]:
         """As `search`, with the query vectors already encoded (None for lexical mode, which needs only text)."""
-        if mode not in MODES:
-            raise UsageError(f"unknown search mode {mode!r}: use {', '.join(MODES)}")
+        _check_mode(mode)
         if mode != "dense" and queries is None:
             raise UsageError(f"{mode} search needs the query texts")
         if mode != "lexical" and vectors is None:
@@ -238,6 +233,11 @@ class Searcher:
 
     def close(self) -> None:
         self.generation.close()
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise UsageError(f"unknown search mode {mode!r}: use {', '.join(MODES)}")
 
 
 def _recorded_ref(recorded: dict[str, Any]) -> ModelRef:

@@ -127,7 +127,7 @@ def test_info_and_list(built: dict) -> None:
 
 
 def test_rerun_is_a_fast_noop(built: dict, tiny_model: Path) -> None:
-    result = run(
+    args = [
         "index",
         built["data"],
         "--name",
@@ -138,23 +138,10 @@ def test_rerun_is_a_fast_noop(built: dict, tiny_model: Path) -> None:
         tiny_model,
         "--id-column",
         "id",
-        "--json",
-    )
-    summary = json.loads(result.stdout)
+    ]
+    summary = json.loads(run(*args, "--json").stdout)
     assert summary["up_to_date"] and summary["new"] == 0 and summary["changed"] == 0 and summary["encoded"] == 0
-    plain = run(
-        "index",
-        built["data"],
-        "--name",
-        "docs",
-        "--index-dir",
-        built["idx"],
-        "--model",
-        tiny_model,
-        "--id-column",
-        "id",
-    )
-    assert "0 new, 0 changed" in plain.stderr
+    assert "0 new, 0 changed" in run(*args).stderr
 
 
 def test_query_with_other_model_is_refused(built: dict, tmp_path: Path) -> None:

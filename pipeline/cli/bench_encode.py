@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from pipeline.cli.options import bench_output_options
 from pipeline.cli.output import CliProgress, emit_json, format_table, handle_errors
 
 _BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
@@ -59,14 +60,7 @@ _BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
     is_flag=True,
     help="Also measure nDCG@10 on mini_msmarco and mini_dbpedia for torch, onnx and onnx-int8.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option(
-    "--record",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Append a markdown section with the figures to this file (e.g. docs/benchmarks.md).",
-)
-@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@bench_output_options
 @handle_errors
 def command(
     corpus: str,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import data_dir_option
+from pipeline.cli.options import bench_output_options, data_dir_option
 from pipeline.cli.output import CliProgress, emit_json, format_table, handle_errors
 
 
@@ -47,14 +47,7 @@ from pipeline.cli.output import CliProgress, emit_json, format_table, handle_err
 @click.option("--filter-queries", type=click.IntRange(min=10), default=300, show_default=True)
 @data_dir_option
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option(
-    "--record",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Append a markdown section with the figures to this file (e.g. docs/benchmarks.md).",
-)
-@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@bench_output_options
 @handle_errors
 def command(
     datasets: tuple[str, ...],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import backend_option, data_dir_option
+from pipeline.cli.options import backend_option, data_dir_option, record_option
 from pipeline.cli.output import emit_json, handle_errors
 
 
@@ -19,7 +19,7 @@ from pipeline.cli.output import emit_json, handle_errors
 @backend_option("torch")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--record", type=click.Path(path_type=Path), default=None, help="Append a markdown section here.")
+@record_option
 @handle_errors
 def command(
     rows: str, model: str | None, arch: str, backend: str, data_dir: Path | None, as_json: bool, record: Path | None

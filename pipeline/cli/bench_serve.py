@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import backend_option
+from pipeline.cli.options import backend_option, bench_output_options
 from pipeline.cli.output import CliProgress, emit_json, handle_errors
 
 
@@ -62,14 +62,7 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
     show_default=True,
     help="Seconds after which a run stops by itself.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option(
-    "--record",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Append a markdown section to this file (e.g. docs/benchmarks.md).",
-)
-@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@bench_output_options
 @handle_errors
 def command(
     rows: int,

@@ -30,6 +30,22 @@ def output_options(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(func)
 
 
+def record_option(func: F) -> F:
+    return click.option(
+        "--record",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Append a markdown section with the figures to this file (e.g. docs/benchmarks.md).",
+    )(func)
+
+
+def bench_output_options(func: F) -> F:
+    """--json, --record and --quiet, as every benchmark takes them."""
+    func = click.option("--quiet", is_flag=True, help="No progress on stderr.")(func)
+    func = record_option(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")(func)
+
+
 def device_option(func: F) -> F:
     return click.option(
         "--device",
