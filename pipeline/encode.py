@@ -6,7 +6,7 @@ import contextlib
 import copy
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,9 @@ class EncoderConfig:
     tokenizer_workers: int | None = None  # processes that tokenise; 0: one background thread; None: auto
     torch_compile: bool | None = None  # torch.compile the model (torch backend); None: off
     multi_gpu: bool | None = None  # one replica per visible GPU; None: on when device is auto/cuda
+    devices: tuple[str, ...] | None = None  # explicit data-parallel replicas, e.g. ("cuda:0", "cuda:1")
     prefetch_chunks: int = 2  # chunks tokenised ahead of the forward pass in encode_chunks
+    group_tokens: int | None = None  # encode_chunks joins chunks up to this many tokens per launch; None: auto
     threads: int | None = None  # CPU threads for the forward pass; None: cores not used by tokeniser workers
 
 
@@ -91,7 +93,7 @@ def resolve_backend(backend: str, device: str) -> str:
 def default_tokenizer_workers(device: str, cores: int) -> int:
     """Tokeniser processes: on GPU enough to keep it fed; on CPU the forward pass wants the cores."""
     if device.startswith("cuda"):
-        return max(1, min(8, cores // 2))
+        return max(1, cores - 2)  # measured on 16 cores: tokenising, not the GPU, sets the pace
     return 0 if cores < 8 else cores // 8
 
 
@@ -151,12 +153,17 @@ class Encoder:
         self._runner: _TorchRunner | _OnnxModel
         if self.backend == "torch":
             self._runner = _TorchRunner(self.transformer, self.device, self.precision, self.config)
+            self.devices = [dev for dev, _ in self._runner.replicas]
             on_gpu = self.device.startswith("cuda")
             default_budget = DEFAULT_TOKEN_BUDGET_GPU if on_gpu else DEFAULT_TOKEN_BUDGET_CPU
         else:
             self._runner = self._onnx_runner()
+            self.devices = ["cpu"]
             default_budget = DEFAULT_TOKEN_BUDGET_ONNX
         self.token_budget = self.config.token_budget or default_budget
+        on_gpu = self.device.startswith("cuda")
+        # A GPU wants several full batches per launch; on CPU a chunk is plenty to keep the cores busy.
+        self.group_tokens = self.config.group_tokens or (4 * self.token_budget if on_gpu else 1)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -188,24 +195,54 @@ class Encoder:
         return self.embed_tokens(self.tokenize(texts))
 
     def encode_chunks(self, chunks: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
-        """One embedding array per chunk of texts, in order; tokenises up to prefetch_chunks ahead."""
+        """One embedding array per chunk of texts, in order.
+
+        Tokenises up to prefetch_chunks ahead, joins small chunks into groups of about group_tokens
+        (length sorting then sees more rows), and on a GPU launches the next group before it waits
+        for the previous one, so the device is not idle while the host collects results.
+        """
         pool = self._tokenizer_pool()
-        pending: deque[PendingTokens] = deque()
+        submitted: deque[PendingTokens] = deque()
+        group: list[TokenBatch] = []
+        group_tokens = 0
+        inflight: _Launched | None = None
         lookahead = max(1, self.config.prefetch_chunks)
+
+        def launch() -> Iterator[np.ndarray]:
+            nonlocal group, group_tokens, inflight
+            tokens = TokenBatch.concat(group)
+            sizes = [len(t) for t in group]
+            group, group_tokens = [], 0
+            previous, inflight = inflight, _Launched(self._launch(tokens), sizes)
+            if previous is not None:
+                yield from previous.split()
+
         for chunk in chunks:
-            pending.append(pool.submit(chunk))
-            if len(pending) > lookahead:
-                yield self.embed_tokens(pending.popleft().result())
-        while pending:
-            yield self.embed_tokens(pending.popleft().result())
+            submitted.append(pool.submit(chunk))
+            while len(submitted) > lookahead:
+                group.append(submitted.popleft().result())
+                group_tokens += len(group[-1].ids)
+                if group_tokens >= self.group_tokens:
+                    yield from launch()
+        while submitted:
+            group.append(submitted.popleft().result())
+            group_tokens += len(group[-1].ids)
+            if group_tokens >= self.group_tokens or not submitted:
+                yield from launch()
+        if inflight is not None:
+            yield from inflight.split()
 
     def embed_tokens(self, tokens: TokenBatch) -> np.ndarray:
         """Embeddings of already tokenised rows, in their order."""
-        result = np.empty((len(tokens), self.dim), dtype=np.float32)
-        if len(tokens):
-            batches = plan_batches(tokens.lengths, self.token_budget, self.batch_size)
-            self._runner.embed(tokens, batches, result)
-        return result
+        return self._launch(tokens)()
+
+    def _launch(self, tokens: TokenBatch) -> Callable[[], np.ndarray]:
+        """Start embedding tokens; the returned function waits for the result (rows in tokens' order)."""
+        if not len(tokens):
+            empty = np.empty((0, self.dim), dtype=np.float32)
+            return lambda: empty
+        batches = plan_batches(tokens.lengths, self.token_budget, self.batch_size)
+        return self._runner.launch(tokens, batches, self.dim)
 
     def close(self) -> None:
         """Stop the tokeniser workers (they restart on the next encode_chunks)."""
@@ -253,18 +290,39 @@ class Encoder:
         return _OnnxModel(int8)
 
 
+class _Launched:
+    """A launched group of chunks: waits for its embeddings and splits them back into the chunks."""
+
+    def __init__(self, wait: Callable[[], np.ndarray], sizes: list[int]) -> None:
+        self.wait = wait
+        self.sizes = sizes
+
+    def split(self) -> Iterator[np.ndarray]:
+        result = self.wait()
+        if len(self.sizes) == 1:
+            yield result
+            return
+        yield from np.split(result, np.cumsum(self.sizes)[:-1])
+
+
 class _OnnxModel:
     def __init__(self, runner: Any) -> None:
         self.runner = runner
 
-    def embed(self, tokens: TokenBatch, batches: list[np.ndarray], out: np.ndarray) -> None:
+    def launch(self, tokens: TokenBatch, batches: list[np.ndarray], dim: int) -> Callable[[], np.ndarray]:
+        out = np.empty((len(tokens), dim), dtype=np.float32)
         offsets = tokens.offsets
         for batch in batches:
             out[batch] = self.runner.run(*tokens.padded(batch, offsets))
+        return lambda: out
 
 
 class _TorchRunner:
-    """Forward passes on one device, or data-parallel over every visible GPU (one thread per GPU)."""
+    """Forward passes on one device, or data-parallel over several (one launching thread per replica).
+
+    On a GPU, inputs go through pinned memory with non-blocking copies, pooling runs on the device and
+    one non-blocking device-to-host copy per launch is waited for only when the result is asked for.
+    """
 
     def __init__(self, transformer: Any, device: str, precision: str, config: EncoderConfig) -> None:
         import torch
@@ -275,66 +333,130 @@ class _TorchRunner:
             # An architecture without an SDPA kernel keeps eager attention, which still works.
             with contextlib.suppress(ValueError, ImportError):
                 transformer.set_attn_implementation("sdpa")
-        transformer.to(device=device, dtype=dtype).eval()
         if config.threads and not on_gpu:
             torch.set_num_threads(config.threads)
-        devices = [device]
+        devices = list(config.devices or [device])
         multi = config.multi_gpu if config.multi_gpu is not None else config.device in ("auto", "cuda")
-        if on_gpu and multi and torch.cuda.device_count() > 1:
+        if not config.devices and on_gpu and multi and torch.cuda.device_count() > 1:
             devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        for dev in devices:
+            if dev.startswith("cuda") != on_gpu:
+                raise UsageError(f"replica device {dev!r} does not match --device {device!r}")
+        transformer.to(device=devices[0], dtype=dtype).eval()
+        positions = getattr(getattr(transformer, "config", None), "max_position_embeddings", None)
+        self.max_width = positions if isinstance(positions, int) and positions > 0 else None
+        self.pad_multiple = 8 if on_gpu else 1
+        # transformers turns a 2D mask into SDPA's form with a data-dependent `if mask.all()`, a device sync
+        # per forward pass that stalls the host (and the tokeniser results it should be collecting).
+        # A ready-made 4D mask skips it; used only where this model gives the same vectors with it.
+        self.mask_4d = on_gpu and _accepts_4d_mask(transformer, devices[0])
         self.replicas: list[tuple[str, Any]] = []
         for i, dev in enumerate(devices):
             model = transformer if i == 0 else copy.deepcopy(transformer).to(dev)
-            if i == 0 and dev != device:
-                model.to(dev)
             if config.torch_compile:
                 model = torch.compile(model, dynamic=True)
             self.replicas.append((dev, model))
 
-    def embed(self, tokens: TokenBatch, batches: list[np.ndarray], out: np.ndarray) -> None:
+    def launch(self, tokens: TokenBatch, batches: list[np.ndarray], dim: int) -> Callable[[], np.ndarray]:
         if len(self.replicas) == 1:
-            self._run(self.replicas[0], tokens, batches, out)
-            return
+            parts = [self._launch_on(self.replicas[0], tokens, batches)]
+        else:
+            parts = self._launch_parallel(tokens, batches)
+
+        def wait() -> np.ndarray:
+            out = np.empty((len(tokens), dim), dtype=np.float32)
+            for rows, result in parts:
+                if len(rows):
+                    out[rows] = result()
+            return out
+
+        return wait
+
+    def _launch_parallel(
+        self, tokens: TokenBatch, batches: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, Callable[[], np.ndarray]]]:
+        n = len(self.replicas)
+        parts: list[Any] = [None] * n
         errors: list[BaseException] = []
 
         def work(k: int) -> None:
             try:
-                self._run(self.replicas[k], tokens, batches[k :: len(self.replicas)], out)
+                parts[k] = self._launch_on(self.replicas[k], tokens, batches[k::n])
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(self.replicas))]
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         if errors:
             raise errors[0]
+        return parts
 
-    @staticmethod
-    def _run(replica: tuple[str, Any], tokens: TokenBatch, batches: list[np.ndarray], out: np.ndarray) -> None:
+    def _launch_on(
+        self, replica: tuple[str, Any], tokens: TokenBatch, batches: list[np.ndarray]
+    ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """Queue the forward passes of batches on one replica: (rows, a function that returns their vectors)."""
         import torch
 
         device, model = replica
+        rows = np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
         if not batches:
-            return
+            return rows, lambda: np.empty((0, 0), dtype=np.float32)
         on_gpu = device.startswith("cuda")
         offsets = tokens.offsets
         pooled: list[torch.Tensor] = []
         with torch.inference_mode():
             for batch in batches:
-                ids, mask = (torch.from_numpy(a) for a in tokens.padded(batch, offsets))
+                padded = tokens.padded(batch, offsets, self.pad_multiple, self.max_width)
+                ids, mask = (torch.from_numpy(a) for a in padded)
                 if on_gpu:
                     ids = ids.pin_memory().to(device, non_blocking=True)
                     mask = mask.pin_memory().to(device, non_blocking=True)
-                hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-                emb = mean_pool_normalize(hidden, mask)
-                if on_gpu:
-                    pooled.append(emb)  # stays on the GPU: one device-to-host copy per chunk, not per batch
-                else:
-                    out[batch] = emb.numpy()
-            if pooled:
-                out[np.concatenate(batches)] = torch.cat(pooled).cpu().numpy()
+                hidden = model(input_ids=ids, attention_mask=_mask_4d(mask) if self.mask_4d else mask).last_hidden_state
+                pooled.append(mean_pool_normalize(hidden, mask))
+            result = torch.cat(pooled) if len(pooled) > 1 else pooled[0]
+            if not on_gpu:
+                host = result.numpy()
+                return rows, lambda: host
+            pinned = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
+            pinned.copy_(result, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(device))
+
+        def wait() -> np.ndarray:
+            done.synchronize()
+            return pinned.numpy()
+
+        return rows, wait
+
+
+def _mask_4d(mask: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, 1, keys) boolean attention mask; every row may attend at least its first position."""
+    keys = mask.bool()
+    keys[:, 0] = True  # an all-masked row would make SDPA return NaN
+    return keys[:, None, None, :]
+
+
+def _accepts_4d_mask(model: Any, device: str) -> bool:
+    """Whether the model gives the same vectors from a 4D boolean mask as from the 2D padding mask."""
+    import torch
+
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(vocab, int) or vocab < 10:
+        return False
+    lengths = torch.tensor([12, 7, 3])
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long().to(device)
+    # Ids inside the vocabulary: an out-of-range id is a device-side assert on a GPU, fatal to the process.
+    ids = (torch.arange(36).reshape(3, 12) % (min(vocab, 100) - 2) + 1).to(device) * mask
+    try:
+        with torch.inference_mode():
+            plain = mean_pool_normalize(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+            four = mean_pool_normalize(model(input_ids=ids, attention_mask=_mask_4d(mask)).last_hidden_state, mask)
+    except Exception:
+        return False
+    return bool(torch.nn.functional.cosine_similarity(plain, four).min() > 0.999)
 
 
 def mean_pool_normalize(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

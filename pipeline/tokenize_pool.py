@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import os
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import numpy as np
 from pipeline.errors import ModelError
 
 _WORKER_TOKENIZER: Any = None
+_WORKER_CUT: int | None = None
 # Below this many texts a chunk is not split across workers: pickling overhead would dominate.
 _MIN_SPLIT = 256
 
@@ -33,15 +35,28 @@ class TokenBatch:
     def offsets(self) -> np.ndarray:
         return np.concatenate(([0], np.cumsum(self.lengths, dtype=np.int64)))
 
-    def padded(self, rows: np.ndarray, offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, attention_mask) int64 for the given rows, right-padded with 0 to their longest."""
+    def padded(
+        self, rows: np.ndarray, offsets: np.ndarray | None = None, multiple: int = 1, cap: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask) int64 for the given rows, right-padded with 0 to their longest.
+
+        The width is rounded up to a multiple of `multiple` (never past `cap`): fewer distinct shapes for
+        compiled models and tensor-core friendly sizes on GPUs.
+        """
         offsets = self.offsets if offsets is None else offsets
         lengths = self.lengths[rows].astype(np.int64)
         longest = max(int(lengths.max()), 1) if len(rows) else 1
-        mask = np.arange(longest)[None, :] < lengths[:, None]
-        ids = np.zeros(mask.shape, dtype=np.int64)
-        # Boolean assignment fills row-major, so the rows' tokens laid end to end land in place.
-        ids[mask] = np.concatenate([self.ids[offsets[r] : offsets[r + 1]] for r in rows])
+        width = -(-longest // multiple) * multiple
+        if cap is not None:
+            width = max(min(width, cap), longest)
+        cols = np.arange(width)
+        mask = cols[None, :] < lengths[:, None]
+        if self.ids.size == 0:
+            return np.zeros(mask.shape, dtype=np.int64), mask.astype(np.int64)
+        # One gather for the whole batch: a Python loop over rows costs more than the forward pass feeds.
+        positions = np.where(mask, offsets[rows][:, None] + cols[None, :], 0)
+        ids = self.ids[positions].astype(np.int64)
+        ids[~mask] = 0
         return ids, mask.astype(np.int64)
 
     @staticmethod
@@ -57,6 +72,13 @@ def fast_tokenizer_json(tokenizer: Any) -> str | None:
     return None if backend is None else str(backend.to_str())
 
 
+# Pre-tokenisers that never join characters across a space: a text cut at a space tokenises to a prefix
+# of the whole text's tokens.
+_SPACE_SPLITTING = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+# Cut texts at about this many characters per allowed token before tokenising (see encode_texts).
+CUT_CHARS_PER_TOKEN = 6
+
+
 def make_tokenizer(spec: str, max_length: int) -> Any:
     """A `tokenizers.Tokenizer` that truncates to max_length (special tokens included) and never pads."""
     from tokenizers import Tokenizer
@@ -67,23 +89,49 @@ def make_tokenizer(spec: str, max_length: int) -> Any:
     return tok
 
 
-def encode_texts(tok: Any, texts: Sequence[str]) -> TokenBatch:
-    """Tokenise with a `tokenizers.Tokenizer` into a TokenBatch."""
-    encodings = tok.encode_batch(list(texts))
-    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32, count=len(encodings))
-    flat = itertools.chain.from_iterable(e.ids for e in encodings)
-    ids = np.fromiter(flat, dtype=np.int32, count=int(lengths.sum()))
+def cut_length(spec: str, max_length: int) -> int | None:
+    """Characters a text may be cut to before tokenising without changing its truncated tokens, if safe."""
+    pre = json.loads(spec).get("pre_tokenizer") or {}
+    return max_length * CUT_CHARS_PER_TOKEN if pre.get("type") in _SPACE_SPLITTING else None
+
+
+def encode_texts(tok: Any, texts: Sequence[str], cut: int | None = None) -> TokenBatch:
+    """Tokenise with a `tokenizers.Tokenizer` into a TokenBatch.
+
+    With `cut`, a long text is first cut at its last space before `cut` characters: the tokenizer then
+    skips the tail that truncation would drop anyway (and its overflow encodings). A cut text that
+    comes out shorter than the truncation length is tokenised again whole, so the ids never change.
+    """
+    originals = texts
+    texts = list(texts)
+    cut_rows: list[int] = []
+    if cut:
+        for i, text in enumerate(texts):
+            if len(text) > cut:
+                space = text.rfind(" ", 0, cut)
+                if space > 0:
+                    texts[i] = text[:space]
+                    cut_rows.append(i)
+    rows = [e.ids for e in tok.encode_batch(texts)]
+    limit = tok.truncation["max_length"] if cut_rows else 0
+    short = [i for i in cut_rows if len(rows[i]) < limit]
+    if short:
+        for i, e in zip(short, tok.encode_batch([originals[i] for i in short]), strict=True):
+            rows[i] = e.ids
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
+    ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
     return TokenBatch(ids, lengths)
 
 
 def _init_worker(spec: str, max_length: int) -> None:
-    global _WORKER_TOKENIZER
+    global _WORKER_TOKENIZER, _WORKER_CUT
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOKENIZER = make_tokenizer(spec, max_length)
+    _WORKER_CUT = cut_length(spec, max_length)
 
 
 def _encode_in_worker(texts: Sequence[str]) -> TokenBatch:
-    return encode_texts(_WORKER_TOKENIZER, texts)
+    return encode_texts(_WORKER_TOKENIZER, texts, _WORKER_CUT)
 
 
 class PendingTokens:
@@ -109,6 +157,7 @@ class TokenizerPool:
         self.workers = workers if spec is not None else 0
         self._hf = tokenizer
         self._local: Any = make_tokenizer(spec, max_length) if spec is not None else None
+        self._cut = cut_length(spec, max_length) if spec is not None else None
         self._executor: Executor
         if self.workers > 0:
             assert spec is not None
@@ -125,7 +174,7 @@ class TokenizerPool:
     def tokenize(self, texts: Sequence[str]) -> TokenBatch:
         """Tokenise in the calling thread."""
         if self._local is not None:
-            return encode_texts(self._local, texts)
+            return encode_texts(self._local, texts, self._cut)
         return self._slow_tokenize(texts)
 
     def submit(self, texts: Sequence[str]) -> PendingTokens:

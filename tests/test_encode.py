@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,12 @@ TORCH_CPU = EncoderConfig(device="cpu", backend="torch")
 @pytest.fixture(scope="module")
 def encoder(tiny_model: Path) -> Encoder:
     return Encoder(resolve_model(str(tiny_model)), TORCH_CPU)
+
+
+def _require_cuda() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -78,14 +85,14 @@ def test_long_input_pipelines_through_chunks(monkeypatch: pytest.MonkeyPatch, en
     texts = sample_texts(130, seed=5)
     whole = encoder.embed_tokens(encoder.tokenize(texts))
     calls: list[int] = []
-    original = encoder.embed_tokens
+    original = encoder._launch
 
-    def spy(tokens: TokenBatch) -> np.ndarray:
+    def spy(tokens: TokenBatch) -> Callable[[], np.ndarray]:
         calls.append(len(tokens))
         return original(tokens)
 
     monkeypatch.setattr(encode_mod, "_ENCODE_PIPELINE_ROWS", 40)
-    monkeypatch.setattr(encoder, "embed_tokens", spy)
+    monkeypatch.setattr(encoder, "_launch", spy)
     assert np.allclose(encoder.encode(texts), whole, atol=1e-6)
     assert calls == [40, 40, 40, 10]
 
@@ -106,12 +113,76 @@ def test_pool_ids_match_hf_tokenizer(encoder: Encoder) -> None:
     assert [batch.ids[offsets[i] : offsets[i + 1]].tolist() for i in range(len(texts))] == [list(r) for r in hf]
 
 
+def test_cut_before_tokenising_keeps_ids(encoder: Encoder) -> None:
+    from pipeline.tokenize_pool import cut_length, encode_texts, fast_tokenizer_json, make_tokenizer
+
+    spec = fast_tokenizer_json(encoder.tokenizer)
+    assert spec is not None and cut_length(spec, 16) == 16 * 6
+    tok = make_tokenizer(spec, 16)
+    long = " ".join(sample_texts(40, seed=13))
+    texts = [
+        long,
+        "short text",
+        "river " * 3 + "\x00" * 400 + " cat dog",  # the normalizer drops the control characters: cut too short
+        "x" * 500,  # no space to cut at
+        long[:95],
+    ]
+    plain = encode_texts(tok, texts)
+    cut = encode_texts(tok, texts, cut=60)
+    assert cut.lengths.tolist() == plain.lengths.tolist() and cut.ids.tolist() == plain.ids.tolist()
+    assert plain.lengths[0] == 16 and plain.lengths[2] == 7
+
+
+def test_4d_mask_probe_on_cpu(tiny_model: Path) -> None:
+    from pipeline.encode import _accepts_4d_mask
+
+    model = Encoder(resolve_model(str(tiny_model)), TORCH_CPU).transformer
+    assert isinstance(_accepts_4d_mask(model, "cpu"), bool)
+    assert _accepts_4d_mask(object(), "cpu") is False
+
+
 def test_padded_layout() -> None:
     batch = TokenBatch(np.array([1, 2, 3, 4, 5, 6], np.int32), np.array([3, 1, 2], np.int32))
     ids, mask = batch.padded(np.array([2, 0]))
     assert ids.tolist() == [[5, 6, 0], [1, 2, 3]]
     assert mask.tolist() == [[1, 1, 0], [1, 1, 1]]
     assert ids.dtype == np.int64 and mask.dtype == np.int64
+    ids, mask = batch.padded(np.array([1, 2]), multiple=4)
+    assert ids.tolist() == [[4, 0, 0, 0], [5, 6, 0, 0]] and mask.sum(axis=1).tolist() == [1, 2]
+    ids, _ = batch.padded(np.array([0]), multiple=8, cap=5)
+    assert ids.tolist() == [[1, 2, 3, 0, 0]]
+
+
+def test_grouped_chunks_come_back_per_chunk(tiny_model: Path, encoder: Encoder) -> None:
+    texts = sample_texts(300, seed=11)
+    chunks = [texts[:7], [], texts[7:150], texts[150:151], texts[151:]]
+    config = EncoderConfig(device="cpu", backend="torch", group_tokens=10**9, prefetch_chunks=1)
+    grouped = Encoder(resolve_model(str(tiny_model)), config)
+    launches: list[int] = []
+    original = grouped._launch
+
+    def spy(tokens: TokenBatch) -> Callable[[], np.ndarray]:
+        launches.append(len(tokens))
+        return original(tokens)
+
+    grouped._launch = spy  # type: ignore[method-assign]
+    parts = list(grouped.encode_chunks(iter(chunks)))
+    assert launches == [300]  # one launch for the whole stream, split back into its chunks
+    assert [len(p) for p in parts] == [len(c) for c in chunks]
+    assert _cos(np.concatenate(parts), encoder.encode(texts)).min() >= 0.99999
+
+
+def test_data_parallel_replicas_keep_order(tiny_model: Path, encoder: Encoder) -> None:
+    texts = sample_texts(200, seed=12)
+    config = EncoderConfig(device="cpu", backend="torch", devices=("cpu", "cpu"), token_budget=256)
+    parallel = Encoder(resolve_model(str(tiny_model)), config)
+    assert parallel.devices == ["cpu", "cpu"]
+    assert _cos(parallel.encode(texts), encoder.encode(texts)).min() >= 0.99999
+
+
+def test_replica_on_another_kind_of_device_is_refused(tiny_model: Path) -> None:
+    with pytest.raises(UsageError, match="does not match"):
+        Encoder(resolve_model(str(tiny_model)), EncoderConfig(device="cpu", backend="torch", devices=("cuda:0",)))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -170,9 +241,7 @@ def test_minilm_fp32_matches_sentence_transformers(minilm_path: Path, shared_dat
 
 @pytest.mark.gpu
 def test_gpu_bf16_agrees_with_fp32(minilm_path: Path) -> None:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    _require_cuda()
     from pipeline.model import load_sentence_transformer
 
     ref = resolve_model(str(minilm_path))
@@ -189,11 +258,31 @@ def test_gpu_bf16_agrees_with_fp32(minilm_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_gpu_fp16_and_compile_options(tiny_model: Path) -> None:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    _require_cuda()
     ref = resolve_model(str(tiny_model))
     texts = sample_texts(100, seed=8)
     cpu = Encoder(ref, TORCH_CPU).encode(texts)
     gpu = Encoder(ref, EncoderConfig(device="cuda", precision="fp16", multi_gpu=False)).encode(texts)
     assert _cos(gpu, cpu).min() >= 0.99
+    compiled = Encoder(ref, EncoderConfig(device="cuda", torch_compile=True))
+    chunks = [texts[:30], texts[30:31], texts[31:]]
+    assert _cos(np.concatenate(list(compiled.encode_chunks(chunks))), cpu).min() >= 0.99
+
+
+@pytest.mark.gpu
+def test_gpu_pipelined_groups_and_replicas_keep_order(tiny_model: Path) -> None:
+    _require_cuda()
+    ref = resolve_model(str(tiny_model))
+    texts = sample_texts(3000, seed=9)
+    cpu = Encoder(ref, TORCH_CPU).encode(texts)
+    chunks = [texts[i : i + 250] for i in range(0, len(texts), 250)]
+    # Small groups and budgets: many launches in flight, each waited for one group later.
+    config = EncoderConfig(device="cuda", token_budget=512, group_tokens=2048, tokenizer_workers=2)
+    pipelined = Encoder(ref, config)
+    parts = list(pipelined.encode_chunks(iter(chunks)))
+    assert [len(p) for p in parts] == [len(c) for c in chunks]
+    assert _cos(np.concatenate(parts), cpu).min() >= 0.99
+    # Two replicas on one GPU exercise the data-parallel path that several GPUs take.
+    replicas = Encoder(ref, EncoderConfig(device="cuda", devices=("cuda:0", "cuda:0"), token_budget=512))
+    assert replicas.devices == ["cuda:0", "cuda:0"]
+    assert _cos(replicas.encode(texts), cpu).min() >= 0.99
