@@ -23,10 +23,11 @@ from pipeline.errors import DataError, UsageError
 from pipeline.model import resolve_model
 from pipeline.progress import NoProgress, Progress
 
-CORPORA = ("sts", "imdb", "msmarco", "synthetic")
-DEFAULT_ROWS = {"sts": 4000, "imdb": 1000, "msmarco": 2000, "synthetic": 2000}
+CORPORA = ("sts", "imdb-sentences", "imdb", "msmarco", "synthetic")
+DEFAULT_ROWS = {"sts": 4000, "imdb-sentences": 4000, "imdb": 1000, "msmarco": 2000, "synthetic": 2000}
 ST_DEFAULT_BATCH = 32
 ST_BATCH_CANDIDATES = (16, 32, 64, 128)
+ST_BATCH_CANDIDATES_GPU = (32, 64, 128, 256, 512)
 ARCHS: dict[str, dict[str, Any]] = {
     "bert-medium": {
         "num_hidden_layers": 8,
@@ -67,8 +68,8 @@ class EncodeBenchConfig:
     model: str | None = None  # None: the packaged MiniLM when installed, else DEFAULT_MODEL
     arch: str | None = None  # build this architecture with random weights instead of loading `model`
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    st_batch_sizes: tuple[int, ...] = ST_BATCH_CANDIDATES
-    read_rows: int = 2048  # Parquet record batch size = encode_chunks chunk size
+    st_batch_sizes: tuple[int, ...] | None = None  # None: by device
+    read_rows: int = 8192  # Parquet record batch size = encode_chunks chunk size (as `bmsearch index` reads)
     seed: int = 0
 
 
@@ -82,6 +83,10 @@ def load_corpus(name: str, data_dir: Path, rows: int, mean_tokens: int = 64, see
         raise DataError(f"shared data folder {data_dir} is absent; pass --data-dir or use --corpus synthetic")
     if name == "sts":
         return sts_sentences(data_dir, rows)
+    if name == "imdb-sentences":
+        from pipeline.bench_index import imdb_sentences
+
+        return imdb_sentences(data_dir / "imdb" / "aclImdb_reviews.jsonl.gz", rows)
     if name == "imdb":
         return _jsonl_texts(data_dir / "imdb" / "aclImdb_reviews.jsonl.gz", rows, lambda r: str(r["text"]))
     return _jsonl_texts(data_dir / "mini_msmarco" / "corpus.jsonl", rows, _title_text)
@@ -254,9 +259,12 @@ def _measure(
         from pipeline.model import load_sentence_transformer
 
         st = load_sentence_transformer(encoder.ref, device, encoder.config.max_seq_length)
-    warm = texts[: min(len(texts), 64)]
-    st_encode(warm, ST_DEFAULT_BATCH)
-    list(encoder.encode_chunks([warm]))
+        st.max_seq_length = encoder.max_seq_length
+    st_encode(texts[: min(len(texts), 64)], ST_DEFAULT_BATCH)
+    # Warm-up: worker start-up, CUDA kernels and (with torch.compile) the compilation of a few shapes.
+    on_gpu = device.startswith("cuda")
+    warm = texts[: min(len(texts), 4096 if on_gpu else 64)]
+    list(encoder.encode_chunks([warm[:64], warm]))
 
     stages: list[dict[str, Any]] = []
     progress.stage("sentence-transformers encode, batch 32", total=len(texts))
@@ -266,10 +274,11 @@ def _measure(
         seconds = time.perf_counter() - t0
     stages.append(_stage("st_default", len(texts), tokens, seconds, rss.peak, batch_size=ST_DEFAULT_BATCH))
 
-    sample = texts[: min(len(texts), max(64, len(texts) // 4), 256)]
+    sample = texts[: min(len(texts), max(64, len(texts) // 4), 8192 if on_gpu else 256)]
     sweep: dict[int, float] = {}
-    progress.stage("sentence-transformers batch-size sweep", total=len(config.st_batch_sizes))
-    for bs in config.st_batch_sizes:
+    sizes = config.st_batch_sizes or (ST_BATCH_CANDIDATES_GPU if on_gpu else ST_BATCH_CANDIDATES)
+    progress.stage("sentence-transformers batch-size sweep", total=len(sizes))
+    for bs in sizes:
         t0 = time.perf_counter()
         st_encode(sample, bs)
         sweep[bs] = len(sample) / max(time.perf_counter() - t0, 1e-9)
@@ -337,6 +346,9 @@ def _measure(
             "device": encoder.device,
             "precision": encoder.precision,
             "token_budget": encoder.token_budget,
+            "group_tokens": encoder.group_tokens,
+            "torch_compile": bool(encoder.config.torch_compile),
+            "devices": encoder.devices,
             "tokenizer_workers": encoder.tokenizer_workers,
             "threads": encoder.threads,
             "setup_s": setup_s,

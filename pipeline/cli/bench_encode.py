@@ -18,10 +18,10 @@ _BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 @click.command("encode")
 @click.option(
     "--corpus",
-    type=click.Choice(["sts", "imdb", "msmarco", "synthetic"]),
+    type=click.Choice(["sts", "imdb-sentences", "imdb", "msmarco", "synthetic"]),
     default="sts",
     show_default=True,
-    help="Short sentences (sts), passages (imdb, msmarco) or generated text.",
+    help="Short sentences (sts, imdb-sentences), passages (imdb, msmarco) or generated text.",
 )
 @click.option(
     "--data-dir",
@@ -48,6 +48,14 @@ _BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--token-budget", type=click.IntRange(min=1), default=None, help="Padded tokens per batch.")
+@click.option("--max-seq-length", type=click.IntRange(min=2), default=None, help="Truncate texts to this many tokens.")
+@click.option(
+    "--read-rows",
+    type=click.IntRange(min=1),
+    default=8192,
+    show_default=True,
+    help="Rows per Parquet record batch, the encoder's chunk.",
+)
 @click.option(
     "--tokenizer-workers",
     type=click.IntRange(min=0),
@@ -73,6 +81,8 @@ def command(
     device: str,
     precision: str,
     token_budget: int | None,
+    max_seq_length: int | None,
+    read_rows: int,
     tokenizer_workers: int | None,
     torch_compile: bool | None,
     quality: bool,
@@ -93,11 +103,19 @@ def command(
         precision=precision,
         backend=backend,
         token_budget=token_budget,
+        max_seq_length=max_seq_length,
         tokenizer_workers=tokenizer_workers,
         torch_compile=torch_compile,
     )
     config = EncodeBenchConfig(
-        corpus=corpus, data_dir=data_dir, rows=rows, mean_tokens=mean_tokens, model=model, arch=arch, encoder=encoder
+        corpus=corpus,
+        data_dir=data_dir,
+        rows=rows,
+        mean_tokens=mean_tokens,
+        model=model,
+        arch=arch,
+        encoder=encoder,
+        read_rows=read_rows,
     )
     progress = CliProgress(enabled=not quiet and not as_json)
     result = run_encode_bench(config, progress)
@@ -166,6 +184,7 @@ def _summary(result: dict[str, Any]) -> list[str]:
         f"max_seq_length {result['model']['max_seq_length']})",
         f"bmsearch: backend {e['backend']}, device {e['device']}, {e['precision']}, token budget "
         f"{e['token_budget']}, tokenizer workers {e['tokenizer_workers']}, threads {e['threads']}, "
+        f"torch.compile {'on' if e.get('torch_compile') else 'off'}, replicas {len(e.get('devices') or [1])}, "
         f"setup {e['setup_s']:.1f} s",
         f"agreement of (c) with (a): mean cosine {a['mean_cosine']:.5f}, min {a['min_cosine']:.5f}",
         f"machine: {m['cpu']}, {m['cpu_count']} CPUs, GPU {m['gpu'] or 'none'}, "
