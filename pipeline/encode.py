@@ -164,6 +164,7 @@ class Encoder:
         on_gpu = self.device.startswith("cuda")
         # A GPU wants several full batches per launch; on CPU a chunk is plenty to keep the cores busy.
         self.group_tokens = self.config.group_tokens or (4 * self.token_budget if on_gpu else 1)
+        self._launch_ahead = on_gpu and self.backend == "torch"
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -213,7 +214,11 @@ class Encoder:
             tokens = TokenBatch.concat(group)
             sizes = [len(t) for t in group]
             group, group_tokens = [], 0
-            previous, inflight = inflight, _Launched(self._launch(tokens), sizes)
+            launched = _Launched(self._launch(tokens), sizes)
+            if not self._launch_ahead:
+                yield from launched.split()  # computed already: nothing to overlap with
+                return
+            previous, inflight = inflight, launched
             if previous is not None:
                 yield from previous.split()
 
