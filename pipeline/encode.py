@@ -20,7 +20,7 @@ from pipeline.tokenize_pool import PendingTokens, TokenBatch, TokenizerPool
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_TOKEN_BUDGET_CPU = 16_384
+DEFAULT_TOKEN_BUDGET_CPU = 2_048  # torch on CPU; measured in docs/benchmarks.md ("torch on CPU: token budget")
 DEFAULT_TOKEN_BUDGET_ONNX = 4_096
 DEFAULT_TOKEN_BUDGET_GPU = 131_072
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
