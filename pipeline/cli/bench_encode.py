@@ -62,6 +62,13 @@ _BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
     default=None,
     help="Tokeniser processes (0: one background thread) [default: by device and cores].",
 )
+@click.option(
+    "--passes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run (c) this many times; the fastest pass counts (a GPU's first pass grows its memory pools).",
+)
 @click.option("--compile/--no-compile", "torch_compile", default=None, help="torch.compile the model (GPU).")
 @click.option(
     "--quality",
@@ -83,6 +90,7 @@ def command(
     token_budget: int | None,
     max_seq_length: int | None,
     read_rows: int,
+    passes: int,
     tokenizer_workers: int | None,
     torch_compile: bool | None,
     quality: bool,
@@ -116,6 +124,7 @@ def command(
         arch=arch,
         encoder=encoder,
         read_rows=read_rows,
+        passes=passes,
     )
     progress = CliProgress(enabled=not quiet and not as_json)
     result = run_encode_bench(config, progress)
@@ -187,6 +196,7 @@ def _summary(result: dict[str, Any]) -> list[str]:
         f"torch.compile {'on' if e.get('torch_compile') else 'off'}, replicas {len(e.get('devices') or [1])}, "
         f"setup {e['setup_s']:.1f} s",
         f"agreement of (c) with (a): mean cosine {a['mean_cosine']:.5f}, min {a['min_cosine']:.5f}",
+        "(c) passes: " + ", ".join(f"{x:.2f} s" for x in result["stages"][-1].get("pass_seconds", [])),
         f"machine: {m['cpu']}, {m['cpu_count']} CPUs, GPU {m['gpu'] or 'none'}, "
         f"load average at end {', '.join(f'{x:.1f}' for x in m.get('load_average') or [])}",
     ]
