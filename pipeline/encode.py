@@ -151,17 +151,16 @@ class Encoder:
         self._local = TokenizerPool(self.tokenizer, self.max_seq_length, workers=0)
         self.int8_check: dict[str, float] | None = None
         self._runner: _TorchRunner | _OnnxModel
+        on_gpu = self.device.startswith("cuda")
         if self.backend == "torch":
             self._runner = _TorchRunner(self.transformer, self.device, self.precision, self.config)
             self.devices = [dev for dev, _ in self._runner.replicas]
-            on_gpu = self.device.startswith("cuda")
             default_budget = DEFAULT_TOKEN_BUDGET_GPU if on_gpu else DEFAULT_TOKEN_BUDGET_CPU
         else:
             self._runner = self._onnx_runner()
             self.devices = ["cpu"]
             default_budget = DEFAULT_TOKEN_BUDGET_ONNX
         self.token_budget = self.config.token_budget or default_budget
-        on_gpu = self.device.startswith("cuda")
         # A GPU wants several full batches per launch; on CPU a chunk is plenty to keep the cores busy.
         self.group_tokens = self.config.group_tokens or (4 * self.token_budget if on_gpu else 1)
         self._launch_ahead = on_gpu and self.backend == "torch"
@@ -222,18 +221,19 @@ class Encoder:
             if previous is not None:
                 yield from previous.split()
 
-        for chunk in chunks:
-            submitted.append(pool.submit(chunk))
-            while len(submitted) > lookahead:
+        def collect(keep: int) -> Iterator[np.ndarray]:
+            """Take tokenised chunks until `keep` are left in flight; launch full groups and the last one."""
+            nonlocal group_tokens
+            while len(submitted) > keep:
                 group.append(submitted.popleft().result())
                 group_tokens += len(group[-1].ids)
-                if group_tokens >= self.group_tokens:
+                if group_tokens >= self.group_tokens or not submitted:
                     yield from launch()
-        while submitted:
-            group.append(submitted.popleft().result())
-            group_tokens += len(group[-1].ids)
-            if group_tokens >= self.group_tokens or not submitted:
-                yield from launch()
+
+        for chunk in chunks:
+            submitted.append(pool.submit(chunk))
+            yield from collect(lookahead)
+        yield from collect(0)
         if inflight is not None:
             yield from inflight.split()
 

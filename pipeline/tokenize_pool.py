@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
 import os
 from collections.abc import Sequence
@@ -89,10 +88,11 @@ def make_tokenizer(spec: str, max_length: int) -> Any:
     return tok
 
 
-def cut_length(spec: str, max_length: int) -> int | None:
-    """Characters a text may be cut to before tokenising without changing its truncated tokens, if safe."""
-    pre = json.loads(spec).get("pre_tokenizer") or {}
-    return max_length * CUT_CHARS_PER_TOKEN if pre.get("type") in _SPACE_SPLITTING else None
+def cut_length(tok: Any) -> int | None:
+    """Characters a text may be cut to before `tok` tokenises it without changing its truncated ids, if safe."""
+    if type(tok.pre_tokenizer).__name__ not in _SPACE_SPLITTING or not tok.truncation:
+        return None
+    return int(tok.truncation["max_length"]) * CUT_CHARS_PER_TOKEN
 
 
 def encode_texts(tok: Any, texts: Sequence[str], cut: int | None = None) -> TokenBatch:
@@ -113,9 +113,8 @@ def encode_texts(tok: Any, texts: Sequence[str], cut: int | None = None) -> Toke
                     texts[i] = text[:space]
                     cut_rows.append(i)
     rows = [e.ids for e in tok.encode_batch(texts)]
-    limit = tok.truncation["max_length"] if cut_rows else 0
-    short = [i for i in cut_rows if len(rows[i]) < limit]
-    if short:
+    if cut_rows:
+        short = [i for i in cut_rows if len(rows[i]) < tok.truncation["max_length"]]
         for i, e in zip(short, tok.encode_batch([originals[i] for i in short]), strict=True):
             rows[i] = e.ids
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
@@ -127,7 +126,7 @@ def _init_worker(spec: str, max_length: int) -> None:
     global _WORKER_TOKENIZER, _WORKER_CUT
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOKENIZER = make_tokenizer(spec, max_length)
-    _WORKER_CUT = cut_length(spec, max_length)
+    _WORKER_CUT = cut_length(_WORKER_TOKENIZER)
 
 
 def _encode_in_worker(texts: Sequence[str]) -> TokenBatch:
@@ -157,7 +156,7 @@ class TokenizerPool:
         self.workers = workers if spec is not None else 0
         self._hf = tokenizer
         self._local: Any = make_tokenizer(spec, max_length) if spec is not None else None
-        self._cut = cut_length(spec, max_length) if spec is not None else None
+        self._cut = cut_length(self._local) if self._local is not None else None
         self._executor: Executor
         if self.workers > 0:
             assert spec is not None

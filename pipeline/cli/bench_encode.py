@@ -9,10 +9,8 @@ from typing import Any
 
 import click
 
-from pipeline.cli.options import bench_output_options
+from pipeline.cli.options import backend_option, bench_output_options, data_dir_option
 from pipeline.cli.output import CliProgress, emit_json, format_table, handle_errors
-
-_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
 @click.command("encode")
@@ -23,12 +21,7 @@ _BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
     show_default=True,
     help="Short sentences (sts, imdb-sentences), passages (imdb, msmarco) or generated text.",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Shared data folder [default: $BMSEARCH_SHARED_DATA or ../shared/data].",
-)
+@data_dir_option
 @click.option("--rows", type=click.IntRange(min=1), default=None, help="Cap the corpus at this many texts.")
 @click.option(
     "--mean-tokens",
@@ -44,7 +37,7 @@ _BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
     default=None,
     help="Benchmark this architecture with random weights (no hub needed).",
 )
-@click.option("--backend", type=click.Choice(_BACKENDS), default="auto", show_default=True)
+@backend_option("auto")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--token-budget", type=click.IntRange(min=1), default=None, help="Padded tokens per batch.")
