@@ -45,6 +45,7 @@ class ServeBenchConfig:
     threads: int | None = None  # server CPU threads (None: all cores)
     time_limit_s: float = 300.0  # per run: a run stops by itself after this long
     startup_timeout_s: float = 600.0
+    ceiling_queries: int = 256  # per batch size, for the in-process ceiling (0: skip it)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -289,6 +290,46 @@ def mean_batch_size(metrics_text: str) -> float | None:
     return round(float(found["sum"]) / float(found["count"]), 2)
 
 
+def pipeline_ceiling(
+    index: dict[str, Any],
+    queries: list[str],
+    config: ServeBenchConfig,
+    batch_sizes: tuple[int, ...],
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """The server's own work without HTTP: the searcher it loads, fed batches of 1 and of N queries in process.
+
+    Throughput at batch N bounds what any server can reach with N clients on this machine, so this figure
+    divided by the server's 1-client QPS is the most its micro-batching can gain here.
+    """
+    from pipeline.encode import EncoderConfig
+    from pipeline.layout import IndexPaths
+    from pipeline.search import Searcher
+
+    if config.threads:
+        import faiss
+
+        faiss.omp_set_num_threads(config.threads)
+    encoder = EncoderConfig(device=config.device, tokenizer_workers=0, threads=config.threads)
+    searcher = Searcher(IndexPaths.of(index["index_dir"], index["name"]), model=index["model_path"], encoder=encoder)
+    try:
+        searcher.search(queries[:8], config.k)  # warm-up: first calls allocate
+        out = []
+        for size in batch_sizes:
+            # the same queries for every batch size, so only the batching differs
+            texts = [queries[i % len(queries)] for i in range(config.ceiling_queries)]
+            started = time.perf_counter()
+            for start in range(0, len(texts), size):
+                searcher.search(texts[start : start + size], config.k)
+                if progress is not None:
+                    progress.advance(len(texts[start : start + size]))
+            seconds = time.perf_counter() - started
+            out.append({"batch": size, "queries": len(texts), "qps": round(len(texts) / seconds, 1)})
+        return out
+    finally:
+        searcher.close()
+
+
 def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Build or reuse the index, then for max_batch (and 1, to compare) and each client count, serve and load."""
     progress = progress or NoProgress()
@@ -297,6 +338,11 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
     if not queries:
         raise DataError("no query sentences found in the IMDB file")
     settings = [config.max_batch] + ([1] if config.compare_unbatched and config.max_batch != 1 else [])
+    ceiling: list[dict[str, Any]] = []
+    if config.ceiling_queries:
+        sizes = tuple(sorted({1, min(max(config.clients), config.max_batch)}))
+        progress.stage("in-process ceiling", config.ceiling_queries * len(sizes), "queries")
+        ceiling = pipeline_ceiling(index, queries, config, sizes, progress)
     runs: list[dict[str, Any]] = []
     for max_batch in settings:
         server = ServerProcess(
@@ -338,7 +384,8 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
         "machine": machine_info(),
         "index": index,
         "runs": runs,
-        "summary": summarise(runs, config),
+        "ceiling": ceiling,
+        "summary": summarise(runs, config, ceiling),
     }
 
 
@@ -352,8 +399,11 @@ def _mean_batch_between(before: str, after: str) -> float | None:
     return round((s1 - s0) / (c1 - c0), 2) if c1 > c0 else None
 
 
-def summarise(runs: list[dict[str, Any]], config: ServeBenchConfig) -> dict[str, Any]:
-    """Scaling from the fewest to the most clients, the gain of batching over batch size 1, and the targets."""
+def summarise(
+    runs: list[dict[str, Any]], config: ServeBenchConfig, ceiling: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Scaling from the fewest to the most clients, the gain of batching over batch size 1, the in-process
+    ceiling on that scaling, and the targets."""
 
     def find(max_batch: int, clients: int) -> dict[str, Any] | None:
         return next((r for r in runs if r["max_batch"] == max_batch and r["clients"] == clients), None)
@@ -374,6 +424,14 @@ def summarise(runs: list[dict[str, Any]], config: ServeBenchConfig) -> dict[str,
             gains[str(clients)] = round(batched["qps"] / single["qps"], 2)
     if gains:
         out["batching_gain_by_clients"] = gains
+    if ceiling and base and base["qps"]:
+        best = max(ceiling, key=lambda c: c["batch"])
+        out["ceiling_qps"] = best["qps"]
+        out["ceiling_batch"] = best["batch"]
+        out["ceiling_scaling"] = round(best["qps"] / base["qps"], 2)
+        single = next((c for c in ceiling if c["batch"] == 1), None)
+        if single and single["qps"]:
+            out["in_process_batching_gain"] = round(best["qps"] / single["qps"], 2)
     return out
 
 
@@ -391,7 +449,18 @@ def render_text(result: dict[str, Any]) -> str:
     if "batching_gain_by_clients" in summary:
         gains = ", ".join(f"{c} clients: {g}x" for c, g in summary["batching_gain_by_clients"].items())
         lines.append(f"micro-batching gain over --max-batch 1: {gains}")
+    if "ceiling_scaling" in summary:
+        lines.append(_ceiling_line(result))
     return "\n".join(lines)
+
+
+def _ceiling_line(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    by_batch = ", ".join(f"batch {c['batch']}: {c['qps']} q/s" for c in result["ceiling"])
+    return (
+        f"in-process ceiling (encode + search + join, no HTTP): {by_batch}; at most {s['ceiling_scaling']}x "
+        f"the server's {min(result['config']['clients'])}-client QPS"
+    )
 
 
 def render_markdown(result: dict[str, Any], command: str) -> str:
@@ -434,5 +503,11 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         lines.append(
             f"- Micro-batching (max_batch {cfg['max_batch']}, wait {cfg['max_wait_ms']} ms) over "
             f"--max-batch 1: {gains}."
+        )
+    if "ceiling_scaling" in s:
+        lines.append(
+            f"- The same searcher in process, without HTTP or clients ({s['ceiling_qps']} q/s at batch "
+            f"{s['ceiling_batch']}; {s.get('in_process_batching_gain', '-')}x its batch-1 throughput): no server "
+            f"can exceed **{s['ceiling_scaling']}x** its 1-client QPS on this machine."
         )
     return "\n".join(lines) + "\n\n"

@@ -40,6 +40,8 @@ class Store:
         import duckdb
 
         self.path = Path(path)
+        self.read_only = read_only
+        self._schema: list[tuple[str, str]] | None = None  # a read-only generation's columns never change
         if read_only and not self.path.exists():
             raise IndexCorruptError(f"metadata database {self.path} is missing; rebuild the index with --overwrite")
         try:
@@ -84,7 +86,16 @@ class Store:
         return int(self.scalar(f"SELECT count(*) FROM {quote(table)}"))
 
     def columns(self) -> list[str]:
-        return [r[0] for r in self.rows("SELECT column_name FROM (DESCRIBE docs)")]
+        return [name for name, _ in self.schema()]
+
+    def schema(self) -> list[tuple[str, str]]:
+        """(name, DuckDB type) of the docs columns; read once on a read-only store (every query joins them)."""
+        if self._schema is not None:
+            return self._schema
+        schema = [(r[0], r[1]) for r in self.rows("SELECT column_name, column_type FROM (DESCRIBE docs)")]
+        if self.read_only:
+            self._schema = schema
+        return schema
 
     def index_keys(self) -> None:
         """An ART index on `_key`: the metadata join of every query is a handful of point lookups."""
@@ -110,7 +121,7 @@ class Store:
 
     def column_types(self) -> dict[str, str]:
         """DuckDB type names of the docs columns, for validating structured filters."""
-        return {r[0]: r[1] for r in self.rows("SELECT column_name, column_type FROM (DESCRIBE docs)")}
+        return dict(self.schema())
 
     def fetch(self, keys: Sequence[int], columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Rows for keys, in the order of keys (a key may repeat; missing keys give empty dicts)."""

@@ -62,6 +62,13 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
     show_default=True,
     help="Seconds after which a run stops by itself.",
 )
+@click.option(
+    "--ceiling-queries",
+    type=click.IntRange(min=0),
+    default=256,
+    show_default=True,
+    help="Queries per batch size for the in-process ceiling (the searcher without HTTP); 0 skips it.",
+)
 @bench_output_options
 @handle_errors
 def command(
@@ -80,13 +87,15 @@ def command(
     backend: str,
     threads: int | None,
     time_limit: float,
+    ceiling_queries: int,
     as_json: bool,
     record: Path | None,
     quiet: bool,
 ) -> None:
     """Start `bmsearch serve` on 127.0.0.1 (a free port) over a cached index of IMDB sentences, drive it
     with N concurrent asyncio/httpx clients for a fixed number of requests and report QPS, p50/p95/p99
-    latency, and the gain of micro-batching over --max-batch 1."""
+    latency, the gain of micro-batching over --max-batch 1, and the ceiling on scaling measured by the same
+    searcher in process without HTTP."""
     from pipeline.bench_serve import ServeBenchConfig, render_markdown, render_text, run_serve_bench
 
     try:
@@ -113,6 +122,7 @@ def command(
         backend=backend,
         threads=threads,
         time_limit_s=time_limit,
+        ceiling_queries=ceiling_queries,
     )
     result = run_serve_bench(config, CliProgress(enabled=not quiet and not as_json))
     if as_json:

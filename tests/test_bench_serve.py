@@ -1,0 +1,128 @@
+"""`bmsearch bench serve`: the summary and its targets, the in-process ceiling, and a whole run against a real
+server subprocess over a small IMDB-shaped file with the tiny model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.bench_serve import (
+    ServeBenchConfig,
+    first_sentence,
+    mean_batch_size,
+    pipeline_ceiling,
+    prepare_index,
+    render_markdown,
+    render_text,
+    run_serve_bench,
+    summarise,
+)
+from tests.conftest import sample_texts
+from tests.helpers import run
+
+pytest.importorskip("fastapi")
+
+
+def write_imdb(data_dir: Path, n: int) -> Path:
+    """An IMDB-shaped reviews file: two sentences per review (the first is indexed, the second queried)."""
+    path = data_dir / "imdb" / "aclImdb_reviews.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    texts = sample_texts(2 * n, seed=3)
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for i in range(n):
+            review = f"{texts[2 * i]}.<br /><br />{texts[2 * i + 1]}!"
+            fh.write(json.dumps({"_id": f"r{i}", "text": review, "label": i % 2, "rating": 1 + i % 10}) + "\n")
+    return data_dir
+
+
+def run_row(max_batch: int, clients: int, qps: float, errors: int = 0) -> dict[str, Any]:
+    return {"max_batch": max_batch, "clients": clients, "qps": qps, "p50_ms": 1000 / qps, "errors": errors}
+
+
+def test_first_sentence_drops_tags_and_cuts_words() -> None:
+    assert first_sentence("A <b>fine</b> film.  Second one!") == "A fine film."
+    assert first_sentence("one two three four", words=2) == "one two"
+
+
+def test_mean_batch_size_reads_the_histogram() -> None:
+    text = "bmsearch_batch_size_sum 30\nbmsearch_batch_size_count 4\n"
+    assert mean_batch_size(text) == 7.5
+    assert mean_batch_size("bmsearch_batch_size_count 0\n") is None
+
+
+def test_summary_scaling_batching_gain_and_ceiling() -> None:
+    config = ServeBenchConfig(clients=(1, 16), max_batch=64)
+    runs = [run_row(64, 1, 50), run_row(64, 16, 160), run_row(1, 1, 48), run_row(1, 16, 80)]
+    ceiling = [{"batch": 1, "queries": 64, "qps": 100.0}, {"batch": 16, "queries": 64, "qps": 200.0}]
+    s = summarise(runs, config, ceiling)
+    assert s["scaling"] == 3.2
+    assert s["target_scaling_3x_no_errors"] is True
+    assert s["target_p50_under_30ms"] is True
+    assert s["batching_gain_by_clients"] == {"1": 1.04, "16": 2.0}
+    assert (s["ceiling_qps"], s["ceiling_batch"], s["ceiling_scaling"]) == (200.0, 16, 4.0)
+    assert s["in_process_batching_gain"] == 2.0
+
+
+def test_summary_target_fails_on_errors_or_low_scaling() -> None:
+    config = ServeBenchConfig(clients=(1, 16), compare_unbatched=False)
+    assert (
+        summarise([run_row(64, 1, 50), run_row(64, 16, 160, errors=1)], config)["target_scaling_3x_no_errors"] is False
+    )
+    low = summarise([run_row(64, 1, 50), run_row(64, 16, 100)], config)
+    assert (low["scaling"], low["target_scaling_3x_no_errors"]) == (2.0, False)
+    assert "ceiling_scaling" not in low
+
+
+@pytest.fixture(scope="module")
+def bench_setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ServeBenchConfig, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("bench-serve")
+    config = ServeBenchConfig(
+        rows=120,
+        data_dir=write_imdb(root / "data", 130),
+        model=str(tiny_model),
+        cache_dir=root / "cache",
+        clients=(1, 3),
+        requests=12,
+        warmup=2,
+        backend="torch",
+        compare_unbatched=False,
+        ceiling_queries=12,
+        threads=1,
+    )
+    return config, prepare_index(config)
+
+
+def test_prepare_index_builds_once_then_reuses(bench_setup: tuple[ServeBenchConfig, dict[str, Any]]) -> None:
+    config, index = bench_setup
+    assert index["rows"] == 120 and index["name"] == "imdb-sentences-120"
+    assert len(index["queries"]) >= 100
+    again = prepare_index(config)
+    assert again["built_s"] is None and again["rows"] == 120
+
+
+def test_pipeline_ceiling_runs_every_batch_size(bench_setup: tuple[ServeBenchConfig, dict[str, Any]]) -> None:
+    config, index = bench_setup
+    out = pipeline_ceiling(index, index["queries"], config, (1, 4))
+    assert [c["batch"] for c in out] == [1, 4]
+    assert all(c["queries"] == 12 and c["qps"] > 0 for c in out)
+
+
+def test_whole_run_against_a_server_subprocess(bench_setup: tuple[ServeBenchConfig, dict[str, Any]]) -> None:
+    config, _ = bench_setup
+    result = run_serve_bench(config)
+    assert [(r["clients"], r["requests"], r["errors"]) for r in result["runs"]] == [(1, 12, 0), (3, 12, 0)]
+    assert [c["batch"] for c in result["ceiling"]] == [1, 3]
+    assert result["summary"]["ceiling_scaling"] > 0
+    text = render_text(result)
+    assert "in-process ceiling" in text and "throughput 3 vs 1 client(s)" in text
+    markdown = render_markdown(result, "bmsearch bench serve ...")
+    assert "| 64 | 3 | 12 | 0 |" in markdown and "no server can exceed" in markdown
+
+
+def test_cli_rejects_bad_client_counts() -> None:
+    result = run("bench", "serve", "--clients", "1,x")
+    assert result.exit_code == 2 and "comma-separated" in result.output
