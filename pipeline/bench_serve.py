@@ -208,6 +208,13 @@ class ServerProcess:
             time.sleep(0.25)
         raise UsageError(f"the server was not ready after {timeout_s:.0f} s")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process (all its threads) so far."""
+        import psutil
+
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return float(times.user + times.system)
+
     def metrics(self) -> str:
         import httpx
 
@@ -310,7 +317,7 @@ def pipeline_ceiling(
         import faiss
 
         faiss.omp_set_num_threads(config.threads)
-    encoder = EncoderConfig(device=config.device, tokenizer_workers=0, threads=config.threads)
+    encoder = EncoderConfig(device=config.device, tokenizer_workers=0, threads=config.threads, spin=False)
     searcher = Searcher(IndexPaths.of(index["index_dir"], index["name"]), model=index["model_path"], encoder=encoder)
     try:
         searcher.search(queries[:8], config.k)  # warm-up: first calls allocate
@@ -359,21 +366,22 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
             server.wait_ready(config.startup_timeout_s)
             for clients in config.clients:
                 progress.stage(f"max_batch={max_batch} clients={clients}", config.requests, "requests")
-                before = server.metrics()
                 asyncio.run(_load(server.url, queries, clients, config.warmup, config.k, config.time_limit_s))
                 warm = server.metrics()
+                server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
                 result = asyncio.run(
                     _load(server.url, queries, clients, config.requests, config.k, config.time_limit_s)
                 )
+                server_cpu, client_cpu = server.cpu_seconds() - server_cpu, time.process_time() - client_cpu
                 after = server.metrics()
                 progress.advance(result["requests"])
-                del before
                 runs.append(
                     {
                         "max_batch": max_batch,
                         "clients": clients,
                         **result,
                         "mean_batch": _mean_batch_between(warm, after),
+                        **_cpu_per_request(server_cpu, client_cpu, result["requests"]),
                     }
                 )
         finally:
@@ -386,6 +394,17 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
         "runs": runs,
         "ceiling": ceiling,
         "summary": summarise(runs, config, ceiling),
+    }
+
+
+def _cpu_per_request(server_s: float, client_s: float, requests: int) -> dict[str, float | None]:
+    """CPU milliseconds per request in the server and in the load generator: where the cores went, which
+    unlike QPS hardly moves with other load on the machine."""
+    if not requests:
+        return {"server_cpu_ms": None, "client_cpu_ms": None}
+    return {
+        "server_cpu_ms": round(1000 * server_s / requests, 2),
+        "client_cpu_ms": round(1000 * client_s / requests, 2),
     }
 
 
@@ -436,7 +455,19 @@ def summarise(
 
 
 def render_text(result: dict[str, Any]) -> str:
-    cols = ("max_batch", "clients", "requests", "errors", "qps", "p50_ms", "p95_ms", "p99_ms", "mean_batch")
+    cols = (
+        "max_batch",
+        "clients",
+        "requests",
+        "errors",
+        "qps",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "mean_batch",
+        "server_cpu_ms",
+        "client_cpu_ms",
+    )
     lines = ["  ".join(f"{c:>9}" for c in cols)]
     for run in result["runs"]:
         lines.append("  ".join(f"{'' if run.get(c) is None else run[c]!s:>9}" for c in cols))
@@ -463,6 +494,10 @@ def _ceiling_line(result: dict[str, Any]) -> str:
     )
 
 
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def render_markdown(result: dict[str, Any], command: str) -> str:
     m, idx, cfg = result["machine"], result["index"], result["config"]
     lines = [
@@ -479,13 +514,15 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         f"Each run: {cfg['requests']} requests after {cfg['warmup']} warm-up requests, server and "
         f"clients (asyncio + httpx, one connection per client) on the same machine over loopback.",
         "",
-        "| max_batch | clients | requests | errors | QPS | p50 ms | p95 ms | p99 ms | mean batch |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| max_batch | clients | requests | errors | QPS | p50 ms | p95 ms | p99 ms | mean batch "
+        "| server CPU ms/req | client CPU ms/req |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['qps']} | "
-            f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r.get('mean_batch') or '-'} |"
+            f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r.get('mean_batch') or '-'} | "
+            f"{_or_dash(r.get('server_cpu_ms'))} | {_or_dash(r.get('client_cpu_ms'))} |"
         )
     s = result["summary"]
     lines.append("")

@@ -47,6 +47,7 @@ class EncoderConfig:
     prefetch_chunks: int = 2  # chunks tokenised ahead of the forward pass in encode_chunks
     group_tokens: int | None = None  # encode_chunks joins chunks up to this many tokens per launch; None: auto
     threads: int | None = None  # CPU threads for the forward pass; None: cores not used by tokeniser workers
+    spin: bool = True  # ONNX Runtime's idle threads spin between calls: fastest for batch jobs, not for a server
 
 
 def resolve_device(device: str) -> str:
@@ -278,20 +279,20 @@ class Encoder:
 
         fp32_path = export_fp32(self.ref, self.transformer)
         if self.backend == "onnx":
-            return _OnnxModel(OnnxRunner(fp32_path, self.threads))
-        int8 = OnnxRunner(quantize_int8(self.ref, fp32_path), self.threads)
+            return _OnnxModel(OnnxRunner(fp32_path, self.threads, self.config.spin))
+        int8 = OnnxRunner(quantize_int8(self.ref, fp32_path), self.threads, self.config.spin)
 
         def check() -> dict[str, float]:
             from pipeline.onnx_backend import CALIBRATION_TEXTS
 
             feeds = self.tokenize(CALIBRATION_TEXTS).padded(np.arange(len(CALIBRATION_TEXTS)))
-            return int8_agreement(OnnxRunner(fp32_path, self.threads), int8, feeds)
+            return int8_agreement(OnnxRunner(fp32_path, self.threads, self.config.spin), int8, feeds)
 
         self.int8_check = cached_int8_check(fp32_path, check)
         if self.config.backend == "auto" and self.int8_check["mean_cosine"] < INT8_MIN_MEAN_COSINE:
             # This model quantises badly; the automatic choice must not cost accuracy.
             self.backend = "onnx"
-            return _OnnxModel(OnnxRunner(fp32_path, self.threads))
+            return _OnnxModel(OnnxRunner(fp32_path, self.threads, self.config.spin))
         return _OnnxModel(int8)
 
 

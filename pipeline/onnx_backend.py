@@ -156,7 +156,7 @@ def quantize_int8(ref: ModelRef, fp32_path: Path) -> Path:
 class OnnxRunner:
     """An ONNX Runtime CPU session over a pooled export: (input_ids, attention_mask) -> embeddings."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, spin: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -165,6 +165,9 @@ class OnnxRunner:
         options.intra_op_num_threads = max(1, threads or available_cores())
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            # idle pool threads sleep instead of spinning: a server's cores go to HTTP and search between calls
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

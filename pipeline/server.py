@@ -349,7 +349,7 @@ class ServerState:
                 paths = list_indexes(cfg.index_dir)
                 if not paths:
                     raise IndexNotFoundError(f"no index in {cfg.index_dir}; build one with `bmsearch index`")
-            encoder = EncoderConfig(device=cfg.device, tokenizer_workers=0, threads=cfg.threads)
+            encoder = EncoderConfig(device=cfg.device, tokenizer_workers=0, threads=cfg.threads, spin=False)
             if cfg.threads:
                 import faiss
 

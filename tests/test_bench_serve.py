@@ -115,6 +115,7 @@ def test_whole_run_against_a_server_subprocess(bench_setup: tuple[ServeBenchConf
     config, _ = bench_setup
     result = run_serve_bench(config)
     assert [(r["clients"], r["requests"], r["errors"]) for r in result["runs"]] == [(1, 12, 0), (3, 12, 0)]
+    assert all(r["server_cpu_ms"] > 0 and r["client_cpu_ms"] > 0 for r in result["runs"])
     assert [c["batch"] for c in result["ceiling"]] == [1, 3]
     assert result["summary"]["ceiling_scaling"] > 0
     text = render_text(result)

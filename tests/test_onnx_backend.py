@@ -96,6 +96,15 @@ def test_auto_falls_back_to_fp32_when_int8_check_fails(
     assert explicit.identity["backend"] == "onnx-int8"
 
 
+def test_no_spin_sessions_give_the_same_vectors(tiny_model: Path, texts: list[str]) -> None:
+    ref = resolve_model(str(tiny_model))
+    spinning = Encoder(ref, EncoderConfig(device="cpu", backend="onnx-int8", threads=2)).encode(texts)
+    quiet = Encoder(ref, EncoderConfig(device="cpu", backend="onnx-int8", threads=2, spin=False))
+    options = quiet._runner.runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert np.array_equal(quiet.encode(texts), spinning)
+
+
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "model.onnx"
     with pytest.raises(RuntimeError), onnx_backend._atomic_target(target) as tmp:
