@@ -353,6 +353,12 @@ def build_lexical(
     return stats
 
 
+def term_function(config: LexicalConfig | None = None) -> Callable[[str], str | None]:
+    """The index term of one lowercased word under `config` (None for a stopword), as a build analyses it."""
+    config = config or LexicalConfig()
+    return _Analyzer(config.stopwords, _resolve_stemmer(config.stemmer)).term
+
+
 def open_lexical(path: Path | str) -> LexicalIndex:
     return LexicalIndex.load(path, mmap=True)
 

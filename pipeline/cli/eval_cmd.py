@@ -13,6 +13,10 @@ from pipeline.cli.output import CliProgress, emit_json, format_table, handle_err
 # name -> ("module:attribute", short help); loaded on first use so `bmsearch eval --help` stays fast.
 LAZY_SUBCOMMANDS = {
     "retrieval": ("pipeline.cli.eval_retrieval:retrieval", "nDCG@10, recall and MRR of an index against qrels."),
+    "make-lexical-set": (
+        "pipeline.cli.eval_lexical_set:make_lexical_set",
+        "Draw exact-token queries (a word unique to one document) from a BEIR corpus.",
+    ),
 }
 
 
