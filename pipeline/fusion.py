@@ -1,4 +1,4 @@
-"""Fuse ranked lists from several search modes: weighted reciprocal rank fusion or normalised score sums."""
+"""Fuse ranked lists from several search modes: weighted RRF or normalised score sums, and BM25's standout first."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import numpy as np
 from pipeline.errors import UsageError
 
 METHODS = ("rrf", "minmax", "zscore")
+# BM25's best hit leads hybrid results when it scores this fraction above BM25's second (docs/quality.md,
+# "Choosing the hybrid default": the middle of the range 0.11-0.15 that kept every tuning set within a point).
+DEFAULT_LEAD_MARGIN = 0.15
 
 
 def _default_weights() -> dict[str, float]:
@@ -20,12 +23,17 @@ def _default_weights() -> dict[str, float]:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """How hybrid search merges the modes' lists; `depth` is how many candidates each mode contributes."""
+    """How hybrid search merges the modes' lists; `depth` is how many candidates each mode contributes.
+
+    `lead_margin`: when BM25's top hit scores at least this fraction above its second hit (or is its only hit),
+    it takes rank 1 of the fused list, the rest keeping the fused order; None turns that off.
+    """
 
     method: str = "zscore"
     weights: Mapping[str, float] = field(default_factory=_default_weights)
     rrf_k: float = 60.0
     depth: int = 100
+    lead_margin: float | None = DEFAULT_LEAD_MARGIN
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -34,6 +42,28 @@ class FusionConfig:
             raise UsageError("the RRF constant must be >= 0")
         if any(w < 0 for w in self.weights.values()):
             raise UsageError("fusion weights must be >= 0")
+        if self.lead_margin is not None and not 0 <= self.lead_margin <= 1:
+            raise UsageError("the lead margin must be between 0 and 1")
+
+    def lexical_leads(self, lexical: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Per query, BM25's standout hit that takes rank 1, or -1: its top key when (s1 - s2) / s1 >= lead_margin.
+
+        s1, s2 are the first two real (key >= 0) scores of the query's BM25 list, s2 = 0 for a one-hit list.
+        No query leads when the rule is off or the lexical weight is 0.
+        """
+        scores, keys = lexical
+        leads = np.full(len(keys), -1, np.int64)
+        if self.lead_margin is None or float(self.weights.get("lexical", 1.0)) == 0:
+            return leads
+        for i, (row_scores, row_keys) in enumerate(zip(scores, keys, strict=True)):
+            valid = np.asarray(row_keys) >= 0
+            top = np.asarray(row_scores, dtype=np.float64)[valid][:2]
+            if len(top) == 0 or top[0] <= 0:
+                continue
+            second = top[1] if len(top) > 1 else 0.0
+            if (top[0] - second) / top[0] >= self.lead_margin:
+                leads[i] = int(np.asarray(row_keys)[valid][0])
+        return leads
 
 
 def fuse(
@@ -104,16 +134,41 @@ def _contributions(scores: np.ndarray, method: str, rrf_k: float) -> tuple[np.nd
 def fuse_modes(
     results: Mapping[str, tuple[np.ndarray, np.ndarray]], k: int, config: FusionConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse the (scores, keys) of named modes with the config's per-mode weights (1.0 for modes it omits)."""
+    """Fuse the (scores, keys) of named modes with the config's per-mode weights (1.0 for modes it omits);
+    a standout BM25 hit (`FusionConfig.lexical_leads`) of the "lexical" mode then takes rank 1."""
     config = config or FusionConfig()
     names = list(results)
-    return fuse(
+    fused = fuse(
         [results[m] for m in names],
         k,
         method=config.method,
         weights=[float(config.weights.get(m, 1.0)) for m in names],
         rrf_k=config.rrf_k,
     )
+    if "lexical" not in results:
+        return fused
+    return put_first(*fused, config.lexical_leads(results["lexical"]))
+
+
+def put_first(scores: np.ndarray, keys: np.ndarray, leads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move each row's lead key (>= 0) to rank 1, scored just above the row's best; the row keeps its length.
+
+    A lead absent from the row pushes its last hit out. Rows with lead -1 are left as they are.
+    """
+    scores, keys = scores.copy(), keys.copy()
+    k = keys.shape[1]
+    for i in np.flatnonzero(leads >= 0):
+        lead = leads[i]
+        if keys[i, 0] == lead:
+            continue
+        rest = (keys[i] >= 0) & (keys[i] != lead)
+        rest_keys, rest_scores = keys[i][rest][: k - 1], scores[i][rest][: k - 1]
+        best = scores[i, 0] if keys[i, 0] >= 0 else np.float32(0)
+        n = len(rest_keys) + 1
+        keys[i, :n] = [lead, *rest_keys]
+        scores[i, :n] = [np.nextafter(np.float32(best), np.float32(np.inf)), *rest_scores]
+        keys[i, n:], scores[i, n:] = -1, 0
+    return scores, keys
 
 
 def padded(scores: Sequence[np.ndarray], keys: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -193,5 +193,11 @@ def evaluate_retrieval(
         queries_without_relevant=len(qrels) - len(with_relevant),
         queries_without_text=len(with_relevant) - len(qids),
         qrels=check,
-        fusion={"method": fusion.method, "weights": dict(fusion.weights), "rrf_k": fusion.rrf_k, "depth": fusion.depth},
+        fusion={
+            "method": fusion.method,
+            "weights": dict(fusion.weights),
+            "rrf_k": fusion.rrf_k,
+            "depth": fusion.depth,
+            "lead_margin": fusion.lead_margin,
+        },
     )

@@ -81,3 +81,59 @@ def test_bad_arguments() -> None:
         fuse([ranked([1]), ranked([2])], 1, weights=[1.0])
     with pytest.raises(UsageError):
         FusionConfig(weights={"dense": -1.0})
+
+
+def lexical_standout(second: float) -> tuple[np.ndarray, np.ndarray]:
+    return ranked([9, 2, 3], [10.0, second, 1.0])
+
+
+DENSE = ranked([1, 2, 3, 4], [0.9, 0.8, 0.7, 0.6])
+
+
+def test_a_standout_bm25_hit_takes_rank_one() -> None:
+    # 9 scores 50% above BM25's second: it leads, the rest keeps the fused order (dense in control)
+    modes = {"dense": DENSE, "lexical": lexical_standout(5.0)}
+    plain_scores, plain = fuse_modes(modes, 4, FusionConfig(lead_margin=None))
+    scores, keys = fuse_modes(modes, 4)
+    assert plain[0].tolist() == [1, 2, 3, 9] and keys[0].tolist() == [9, 1, 2, 3]
+    assert scores[0, 1:].tolist() == plain_scores[0, :3].tolist() and scores[0, 0] > scores[0, 1]
+
+
+def test_dense_stays_in_control_without_a_standout() -> None:
+    close = {"dense": DENSE, "lexical": lexical_standout(9.0)}  # 10% above the second: below the 15% margin
+    assert FusionConfig().lexical_leads(close["lexical"]).tolist() == [-1]
+    np.testing.assert_array_equal(fuse_modes(close, 4)[1], fuse_modes(close, 4, FusionConfig(lead_margin=None))[1])
+    assert fuse_modes(close, 4)[1][0, 0] == 1
+
+
+def test_lead_rule_edges() -> None:
+    config = FusionConfig()
+    lexical = (
+        np.array([[10.0, 5.0, 0.0], [4.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 7.0, 6.0], [3.0, 3.0, 0.0]], np.float32),
+        np.array([[9, 2, -1], [8, -1, -1], [-1, -1, -1], [-1, 5, 6], [4, 7, -1]], np.int64),
+    )
+    # standout; the only hit; no hit; padding before the real hits (7 vs 6: 14% above); a tie
+    assert config.lexical_leads(lexical).tolist() == [9, 8, -1, -1, -1]
+    assert FusionConfig(lead_margin=0.1).lexical_leads(lexical).tolist() == [9, 8, -1, 5, -1]
+    assert FusionConfig(lead_margin=None).lexical_leads(lexical).tolist() == [-1] * 5
+    off = FusionConfig(weights={"dense": 1.0, "lexical": 0.0})
+    assert off.lexical_leads(lexical).tolist() == [-1] * 5
+    with pytest.raises(UsageError):
+        FusionConfig(lead_margin=1.5)
+
+
+def test_lead_from_outside_the_top_k_and_empty_modes() -> None:
+    dense = ranked([1, 2, 3], [0.9, 0.8, 0.7])
+    lexical = ranked([7, -1, -1], [2.0, 0.0, 0.0])  # one hit, unknown to dense
+    scores, keys = fuse_modes({"dense": dense, "lexical": lexical}, 2)
+    assert keys[0].tolist() == [7, 1] and scores[0, 0] > scores[0, 1]
+    # lexical found nothing: the dense order, untouched
+    none = ranked([-1, -1], [0.0, 0.0])
+    _, keys = fuse_modes({"dense": dense, "lexical": none}, 3)
+    assert keys[0].tolist() == [1, 2, 3]
+    # dense found nothing: BM25's hit alone
+    _, keys = fuse_modes({"dense": ranked([-1, -1], [0.0, 0.0]), "lexical": lexical}, 3)
+    assert keys[0].tolist() == [7, -1, -1]
+    # no query at all
+    empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
+    assert fuse_modes({"dense": empty, "lexical": empty}, 3)[1].shape == (0, 3)

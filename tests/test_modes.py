@@ -65,6 +65,17 @@ def test_hybrid_ranks_lexical_matches_and_fills_k(idx: Path) -> None:
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
 
 
+def test_a_standout_bm25_hit_leads_hybrid_unless_turned_off(idx: Path) -> None:
+    # "mill" is in one document only: BM25 has one hit, so it takes rank 1 even with lexical weight 0.01
+    lead = query(idx, "mill", "--mode", "hybrid", "-k", "3", "--weights", "dense=1,lexical=0.01")
+    assert lead[0]["id"] == 1 and lead[0]["score"] > lead[1]["score"]
+    plain = query(idx, "mill", "--mode", "hybrid", "-k", "6", "--lead-margin", "off", "--weights", "dense=1,lexical=0")
+    dense = query(idx, "mill", "--mode", "dense", "-k", "6")
+    assert [h["id"] for h in plain] == [h["id"] for h in dense]
+    result = run("query", "x", "--index-dir", idx, "--mode", "hybrid", "--lead-margin", "2")
+    assert result.exit_code == 2 and "--lead-margin" in result.output
+
+
 def test_manifest_records_lexical_side(idx: Path) -> None:
     manifest = json.loads((idx / "default" / "gen-000001" / "manifest.json").read_text())
     assert manifest["lexical"]["type"] == "bm25" and manifest["lexical"]["docs"] == len(ROWS)

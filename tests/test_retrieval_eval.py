@@ -120,6 +120,37 @@ def test_dense_mode_agrees_with_searcher(built: tuple[Path, Path, Result]) -> No
         searcher.close()
 
 
+def test_hybrid_of_the_evaluation_is_the_searchers(built: tuple[Path, Path, Result]) -> None:
+    from pipeline.fusion import FusionConfig
+    from pipeline.layout import IndexPaths
+    from pipeline.retrieval_eval import search_modes
+    from pipeline.search import Searcher
+
+    _, index_dir, _ = built
+    searcher = Searcher(IndexPaths.of(index_dir, "tiny-set"))
+    try:
+        queries = ["river city music", "item007code", "item012code music"]
+        for config in (FusionConfig(), FusionConfig(lead_margin=None), FusionConfig(method="rrf")):
+            hits = searcher.search(queries, k=5, columns=["doc_id"], mode="hybrid", fusion=config)
+            _, keys = search_modes(searcher, queries, 5, ["hybrid"], config)["hybrid"]
+            rows = searcher.generation.store.fetch([int(k) for k in keys.ravel() if k >= 0], ["doc_id"])
+            assert [r["doc_id"] for r in rows] == [h["id"] for q in hits for h in q]
+        assert hits[1][0]["id"] == "doc-7"
+    finally:
+        searcher.close()
+
+
+def test_cli_lead_margin_option(built: tuple[Path, Path, Result]) -> None:
+    folder, index_dir, _ = built
+    result = invoke("--beir", folder, "--index-dir", index_dir, "--modes", "hybrid", "--json", "--lead-margin", "off")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["fusion"]["lead_margin"] is None
+    result = invoke("--beir", folder, "--index-dir", index_dir, "--modes", "hybrid", "--json", "-q")
+    assert json.loads(result.stdout)["fusion"]["lead_margin"] == 0.15
+    result = invoke("--beir", folder, "--index-dir", index_dir, "--lead-margin", "much")
+    assert result.exit_code == 2 and "--lead-margin" in result.output
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pipeline.cli.eval_cmd") is None, reason="eval group not wired yet")
 def test_registered_under_bmsearch_eval(built: tuple[Path, Path, Result]) -> None:
     from tests.helpers import run

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import backend_option, device_option, index_dir_option, output_options
+from pipeline.cli.options import (
+    LeadOff,
+    backend_option,
+    device_option,
+    index_dir_option,
+    lead_margin_option,
+    output_options,
+    with_lead_margin,
+)
 from pipeline.cli.output import CliProgress, emit_json, format_table, handle_errors
 
 
@@ -77,6 +85,7 @@ def _modes(text: str) -> list[str]:
     help="Hybrid weight of the lexical list, dense being 1.0 (default: the library's).",
 )
 @click.option("--rrf-k", type=click.FloatRange(0), default=None, help="RRF rank constant (default 60).")
+@lead_margin_option
 @output_options
 @handle_errors
 def retrieval(
@@ -95,6 +104,7 @@ def retrieval(
     fusion: str | None,
     lexical_weight: float | None,
     rrf_k: float | None,
+    lead_margin: float | type[LeadOff] | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -132,6 +142,7 @@ def retrieval(
         config = replace(config, weights={**config.weights, "lexical": lexical_weight})
     if rrf_k is not None:
         config = replace(config, rrf_k=rrf_k)
+    config = with_lead_margin(config, lead_margin)
     searcher = Searcher(paths, model=model, encoder=EncoderConfig(device=device))
     try:
         report = evaluate_retrieval(searcher, queries, qrels, chosen, config)

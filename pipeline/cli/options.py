@@ -83,3 +83,41 @@ def parse_size(text: str | None) -> int | None:
         raise click.BadParameter(f"{text!r} is not a size such as 512M or 4G")
     scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
     return int(float(match.group(1)) * scale)
+
+
+def lead_margin_option(func: F) -> F:
+    return click.option(
+        "--lead-margin",
+        default=None,
+        metavar="FRACTION|off",
+        callback=_lead_margin,
+        help="Hybrid: BM25's top hit takes rank 1 when it scores this fraction above BM25's second "
+        "[default: the library's, 0.15]; off: plain fusion.",
+    )(func)
+
+
+class LeadOff:
+    """--lead-margin off, told apart from the option not being given (None)."""
+
+
+def _lead_margin(ctx: click.Context, param: click.Parameter, text: str | None) -> float | type[LeadOff] | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "off":
+        return LeadOff
+    try:
+        value = float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a fraction nor off") from None
+    if not 0 <= value <= 1:
+        raise click.BadParameter("use a fraction between 0 and 1, or off")
+    return value
+
+
+def with_lead_margin(config: Any, lead: float | type[LeadOff] | None) -> Any:
+    """The fusion config with --lead-margin applied (unchanged when the option was not given)."""
+    from dataclasses import replace
+
+    if lead is None:
+        return config
+    return replace(config, lead_margin=None if lead is LeadOff else lead)
