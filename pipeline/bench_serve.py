@@ -301,17 +301,23 @@ def pipeline_ceiling(
     index: dict[str, Any],
     queries: list[str],
     config: ServeBenchConfig,
-    batch_sizes: tuple[int, ...],
+    client_counts: tuple[int, ...],
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """The server's own work without HTTP: the searcher it loads, fed batches of 1 and of N queries in process.
+    """The server's own work without HTTP: its searcher and its micro-batcher, in process, with at most N
+    queries outstanding at a time (N clients that cost nothing).
 
-    Throughput at batch N bounds what any server can reach with N clients on this machine, so this figure
-    divided by the server's 1-client QPS is the most its micro-batching can gain here.
+    QPS at N bounds what the server can reach with N clients on this machine, so that figure divided by the
+    server's 1-client QPS is the most its micro-batching can gain here.
     """
+    from collections import deque
+    from concurrent.futures import Future
+
+    from pipeline.batcher import MicroBatcher
     from pipeline.encode import EncoderConfig
     from pipeline.layout import IndexPaths
     from pipeline.search import Searcher
+    from pipeline.server import JobResult, SearchJob, process_jobs
 
     if config.threads:
         import faiss
@@ -322,16 +328,27 @@ def pipeline_ceiling(
     try:
         searcher.search(queries[:8], config.k)  # warm-up: first calls allocate
         out = []
-        for size in batch_sizes:
-            # the same queries for every batch size, so only the batching differs
+        for clients in client_counts:
+            # the same queries for every count, so only the concurrency differs
             texts = [queries[i % len(queries)] for i in range(config.ceiling_queries)]
-            started = time.perf_counter()
-            for start in range(0, len(texts), size):
-                searcher.search(texts[start : start + size], config.k)
-                if progress is not None:
-                    progress.advance(len(texts[start : start + size]))
-            seconds = time.perf_counter() - started
-            out.append({"batch": size, "queries": len(texts), "qps": round(len(texts) / seconds, 1)})
+            batcher: MicroBatcher[SearchJob, JobResult] = MicroBatcher(
+                process_jobs, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, name="bench-ceiling"
+            )
+            with batcher:
+                started = time.perf_counter()
+                pending: deque[Future[JobResult]] = deque()
+                for text in texts:
+                    if len(pending) == clients:
+                        pending.popleft().result()
+                        if progress is not None:
+                            progress.advance(1)
+                    pending.append(batcher.submit(SearchJob(index["name"], searcher, [text], config.k)))
+                for future in pending:
+                    future.result()
+                seconds = time.perf_counter() - started
+            if progress is not None:
+                progress.advance(len(pending))
+            out.append({"clients": clients, "queries": len(texts), "qps": round(len(texts) / seconds, 1)})
         return out
     finally:
         searcher.close()
@@ -347,9 +364,9 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
     settings = [config.max_batch] + ([1] if config.compare_unbatched and config.max_batch != 1 else [])
     ceiling: list[dict[str, Any]] = []
     if config.ceiling_queries:
-        sizes = tuple(sorted({1, min(max(config.clients), config.max_batch)}))
-        progress.stage("in-process ceiling", config.ceiling_queries * len(sizes), "queries")
-        ceiling = pipeline_ceiling(index, queries, config, sizes, progress)
+        counts = tuple(sorted({min(config.clients), max(config.clients)}))
+        progress.stage("in-process ceiling", config.ceiling_queries * len(counts), "queries")
+        ceiling = pipeline_ceiling(index, queries, config, counts, progress)
     runs: list[dict[str, Any]] = []
     for max_batch in settings:
         server = ServerProcess(
@@ -444,13 +461,13 @@ def summarise(
     if gains:
         out["batching_gain_by_clients"] = gains
     if ceiling and base and base["qps"]:
-        best = max(ceiling, key=lambda c: c["batch"])
-        out["ceiling_qps"] = best["qps"]
-        out["ceiling_batch"] = best["batch"]
-        out["ceiling_scaling"] = round(best["qps"] / base["qps"], 2)
-        single = next((c for c in ceiling if c["batch"] == 1), None)
-        if single and single["qps"]:
-            out["in_process_batching_gain"] = round(best["qps"] / single["qps"], 2)
+        most = max(ceiling, key=lambda c: c["clients"])
+        fewest = min(ceiling, key=lambda c: c["clients"])
+        out["ceiling_qps"] = most["qps"]
+        out["ceiling_clients"] = most["clients"]
+        out["ceiling_scaling"] = round(most["qps"] / base["qps"], 2)
+        if fewest["qps"] and fewest is not most:
+            out["in_process_scaling"] = round(most["qps"] / fewest["qps"], 2)
     return out
 
 
@@ -487,10 +504,10 @@ def render_text(result: dict[str, Any]) -> str:
 
 def _ceiling_line(result: dict[str, Any]) -> str:
     s = result["summary"]
-    by_batch = ", ".join(f"batch {c['batch']}: {c['qps']} q/s" for c in result["ceiling"])
+    by_clients = ", ".join(f"{c['clients']} outstanding: {c['qps']} q/s" for c in result["ceiling"])
     return (
-        f"in-process ceiling (encode + search + join, no HTTP): {by_batch}; at most {s['ceiling_scaling']}x "
-        f"the server's {min(result['config']['clients'])}-client QPS"
+        f"in-process ceiling (the server's batcher and searcher, no HTTP): {by_clients}; at most "
+        f"{s['ceiling_scaling']}x the server's {min(result['config']['clients'])}-client QPS"
     )
 
 
@@ -543,8 +560,8 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         )
     if "ceiling_scaling" in s:
         lines.append(
-            f"- The same searcher in process, without HTTP or clients ({s['ceiling_qps']} q/s at batch "
-            f"{s['ceiling_batch']}; {s.get('in_process_batching_gain', '-')}x its batch-1 throughput): no server "
-            f"can exceed **{s['ceiling_scaling']}x** its 1-client QPS on this machine."
+            f"- The server's batcher and searcher in process, without HTTP ({s['ceiling_qps']} q/s with "
+            f"{s['ceiling_clients']} queries outstanding; {s.get('in_process_scaling', '-')}x its throughput with "
+            f"one): the server cannot exceed **{s['ceiling_scaling']}x** its 1-client QPS on this machine."
         )
     return "\n".join(lines) + "\n\n"

@@ -57,14 +57,14 @@ def test_mean_batch_size_reads_the_histogram() -> None:
 def test_summary_scaling_batching_gain_and_ceiling() -> None:
     config = ServeBenchConfig(clients=(1, 16), max_batch=64)
     runs = [run_row(64, 1, 50), run_row(64, 16, 160), run_row(1, 1, 48), run_row(1, 16, 80)]
-    ceiling = [{"batch": 1, "queries": 64, "qps": 100.0}, {"batch": 16, "queries": 64, "qps": 200.0}]
+    ceiling = [{"clients": 1, "queries": 64, "qps": 100.0}, {"clients": 16, "queries": 64, "qps": 200.0}]
     s = summarise(runs, config, ceiling)
     assert s["scaling"] == 3.2
     assert s["target_scaling_3x_no_errors"] is True
     assert s["target_p50_under_30ms"] is True
     assert s["batching_gain_by_clients"] == {"1": 1.04, "16": 2.0}
-    assert (s["ceiling_qps"], s["ceiling_batch"], s["ceiling_scaling"]) == (200.0, 16, 4.0)
-    assert s["in_process_batching_gain"] == 2.0
+    assert (s["ceiling_qps"], s["ceiling_clients"], s["ceiling_scaling"]) == (200.0, 16, 4.0)
+    assert s["in_process_scaling"] == 2.0
 
 
 def test_summary_target_fails_on_errors_or_low_scaling() -> None:
@@ -104,10 +104,10 @@ def test_prepare_index_builds_once_then_reuses(bench_setup: tuple[ServeBenchConf
     assert again["built_s"] is None and again["rows"] == 120
 
 
-def test_pipeline_ceiling_runs_every_batch_size(bench_setup: tuple[ServeBenchConfig, dict[str, Any]]) -> None:
+def test_pipeline_ceiling_runs_every_client_count(bench_setup: tuple[ServeBenchConfig, dict[str, Any]]) -> None:
     config, index = bench_setup
     out = pipeline_ceiling(index, index["queries"], config, (1, 4))
-    assert [c["batch"] for c in out] == [1, 4]
+    assert [c["clients"] for c in out] == [1, 4]
     assert all(c["queries"] == 12 and c["qps"] > 0 for c in out)
 
 
@@ -116,12 +116,12 @@ def test_whole_run_against_a_server_subprocess(bench_setup: tuple[ServeBenchConf
     result = run_serve_bench(config)
     assert [(r["clients"], r["requests"], r["errors"]) for r in result["runs"]] == [(1, 12, 0), (3, 12, 0)]
     assert all(r["server_cpu_ms"] > 0 and r["client_cpu_ms"] > 0 for r in result["runs"])
-    assert [c["batch"] for c in result["ceiling"]] == [1, 3]
+    assert [c["clients"] for c in result["ceiling"]] == [1, 3]
     assert result["summary"]["ceiling_scaling"] > 0
     text = render_text(result)
     assert "in-process ceiling" in text and "throughput 3 vs 1 client(s)" in text
     markdown = render_markdown(result, "bmsearch bench serve ...")
-    assert "| 64 | 3 | 12 | 0 |" in markdown and "no server can exceed" in markdown
+    assert "| 64 | 3 | 12 | 0 |" in markdown and "the server cannot exceed" in markdown
 
 
 def test_cli_rejects_bad_client_counts() -> None:
