@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,24 @@ def search(client: TestClient, **body: Any) -> dict[str, Any]:
     response = client.post("/search", json=body)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+@pytest.mark.gpu
+def test_gpu_server_answers_like_the_cpu_one(index_dir: Path, client: TestClient, rows: list[dict[str, Any]]) -> None:
+    """The same index served from CUDA (bf16 queries against fp32 document vectors) ranks like the CPU server."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    app = create_app(ServerConfig(index_dir=index_dir, device="cuda", max_wait_ms=20, reload_interval_s=0))
+    with TestClient(app) as gpu:
+        wait_ready(gpu)
+        queries = [rows[i]["text"] for i in (1, 9, 23)]
+        on_gpu = search(gpu, query=queries, k=3)["results"]
+        on_cpu = search(client, query=queries, k=3)["results"]
+        assert [r["hits"][0]["id"] for r in on_gpu] == [r["hits"][0]["id"] for r in on_cpu] == ["d1", "d9", "d23"]
+        with ThreadPoolExecutor(8) as pool:  # concurrent requests batched on the GPU
+            codes = list(pool.map(lambda q: gpu.post("/search", json={"query": q, "k": 2}).status_code, queries * 4))
+        assert codes == [200] * 12
 
 
 # --- happy paths ----------------------------------------------------------------------------------
