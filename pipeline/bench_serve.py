@@ -45,7 +45,7 @@ class ServeBenchConfig:
     threads: int | None = None  # server CPU threads (None: all cores)
     time_limit_s: float = 300.0  # per run: a run stops by itself after this long
     startup_timeout_s: float = 600.0
-    ceiling_queries: int = 256  # per batch size, for the in-process ceiling (0: skip it)
+    ceiling_queries: int = 256  # per client count, for the in-process ceiling (0: skip it)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 

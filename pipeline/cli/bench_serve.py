@@ -67,7 +67,8 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
     type=click.IntRange(min=0),
     default=256,
     show_default=True,
-    help="Queries per batch size for the in-process ceiling (the searcher without HTTP); 0 skips it.",
+    help="Queries per client count for the in-process ceiling (the server's batcher and searcher, no HTTP); "
+    "0 skips it.",
 )
 @bench_output_options
 @handle_errors
