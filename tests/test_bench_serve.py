@@ -121,7 +121,7 @@ def test_whole_run_against_a_server_subprocess(bench_setup: tuple[ServeBenchConf
     text = render_text(result)
     assert "in-process ceiling" in text and "throughput 3 vs 1 client(s)" in text
     markdown = render_markdown(result, "bmsearch bench serve ...")
-    assert "| 64 | 3 | 12 | 0 |" in markdown and "the server cannot exceed" in markdown
+    assert "| 64 | 3 | 12 | 0 |" in markdown and "about as far as batching can take" in markdown
 
 
 def test_cli_rejects_bad_client_counts() -> None:

@@ -119,6 +119,13 @@ def test_gpu_server_answers_like_the_cpu_one(index_dir: Path, client: TestClient
         assert codes == [200] * 12
 
 
+def test_loaded_objects_are_hidden_from_the_cyclic_gc(client: TestClient) -> None:
+    import gc
+
+    # the model and libraries loaded for serving no longer make every full collection pause requests
+    assert client.get("/health").status_code == 200 and gc.get_freeze_count() > 0
+
+
 # --- happy paths ----------------------------------------------------------------------------------
 
 
