@@ -317,8 +317,6 @@ class ServerState:
         self.status: Literal["ready", "loading", "error"] = "loading"
         self.message: str | None = None
         self.batcher: MicroBatcher[SearchJob, JobResult] | None = None
-        self._types: dict[str, tuple[int, dict[str, str]]] = {}
-        self._types_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._froze_gc = False
@@ -371,7 +369,6 @@ class ServerState:
                 else:
                     _ = searcher.encoder
                 searchers[p.name] = searcher
-                self.column_types(p.name, searcher)
                 self._publish(p.name, searcher)
             self.searchers = searchers
             self.batcher = MicroBatcher(
@@ -424,7 +421,6 @@ class ServerState:
                 if searcher.reload_if_changed():
                     switched.append(name)
                     self.metrics.reloads.inc(index=name)
-                    self.column_types(name, searcher)
                     self._publish(name, searcher)
                     log.info("index %s: now serving generation %d", name, searcher.generation.number)
             except Exception as exc:
@@ -450,20 +446,10 @@ class ServerState:
             raise ApiError(404, "unknown_index", f"no index named {name!r}; served: {', '.join(self.searchers)}")
         return name, found
 
-    def column_types(self, name: str, searcher: Searcher) -> dict[str, str]:
-        """Filterable columns and DuckDB types of the live generation, cached per generation.
-
-        Read through a cursor (its own connection): the batch worker uses the store's main connection.
-        """
-        gen = searcher.generation
-        with self._types_lock:
-            cached = self._types.get(name)
-            if cached is not None and cached[0] == gen.number:
-                return cached[1]
-            rows = gen.store.con.cursor().execute("SELECT column_name, column_type FROM (DESCRIBE docs)").fetchall()
-            types = {str(r[0]): str(r[1]) for r in rows if r[0] not in HIDDEN_COLUMNS}
-            self._types[name] = (gen.number, types)
-            return types
+    @staticmethod
+    def column_types(searcher: Searcher) -> dict[str, str]:
+        """Filterable columns and DuckDB types of the live generation (read when it was opened)."""
+        return {c: t for c, t in searcher.generation.store.schema() if c not in HIDDEN_COLUMNS}
 
 
 def _has_lexical_side(searcher: Searcher) -> bool:
@@ -656,7 +642,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         state.require_ready()
         name, searcher = state.searcher(body.index)
         check_mode(name, searcher, body.mode)
-        types = state.column_types(name, searcher)
+        types = state.column_types(searcher)
         where, params = compile_filter([c.model_dump() for c in body.filter or []], types)
         if body.columns is not None:
             unknown = [c for c in body.columns if c not in types]
@@ -699,7 +685,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                     "name": name,
                     "generation": gen.number,
                     "rows": gen.manifest.get("counts", {}).get("rows"),
-                    "columns": state.column_types(name, searcher),
+                    "columns": state.column_types(searcher),
                     "manifest": gen.manifest,
                 }
             )

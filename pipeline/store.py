@@ -40,14 +40,15 @@ class Store:
         import duckdb
 
         self.path = Path(path)
-        self.read_only = read_only
-        self._schema: list[tuple[str, str]] | None = None  # a read-only generation's columns never change
+        self._schema: list[tuple[str, str]] | None = None  # a read-only generation's, read once when opened
         if read_only and not self.path.exists():
             raise IndexCorruptError(f"metadata database {self.path} is missing; rebuild the index with --overwrite")
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)
             if read_only:
                 self.scalar("SELECT count(*) FROM docs")
+                # its columns never change: read here, the schema is safe to share between threads
+                self._schema = self._read_schema()
         except duckdb.Error as exc:
             raise IndexCorruptError(
                 f"metadata database {self.path} is unreadable ({str(exc).splitlines()[0]})"
@@ -89,13 +90,11 @@ class Store:
         return [name for name, _ in self.schema()]
 
     def schema(self) -> list[tuple[str, str]]:
-        """(name, DuckDB type) of the docs columns; read once on a read-only store (every query joins them)."""
-        if self._schema is not None:
-            return self._schema
-        schema = [(r[0], r[1]) for r in self.rows("SELECT column_name, column_type FROM (DESCRIBE docs)")]
-        if self.read_only:
-            self._schema = schema
-        return schema
+        """(name, DuckDB type) of the docs columns; a read-only store's as read when it was opened."""
+        return self._schema if self._schema is not None else self._read_schema()
+
+    def _read_schema(self) -> list[tuple[str, str]]:
+        return [(str(r[0]), str(r[1])) for r in self.rows("SELECT column_name, column_type FROM (DESCRIBE docs)")]
 
     def index_keys(self) -> None:
         """An ART index on `_key`: the metadata join of every query is a handful of point lookups."""
@@ -118,10 +117,6 @@ class Store:
         except duckdb.Error as exc:
             raise FilterError(f"invalid filter: {str(exc).splitlines()[0]}") from None
         return np.asarray(table.column(0).to_numpy(), dtype=np.int64)
-
-    def column_types(self) -> dict[str, str]:
-        """DuckDB type names of the docs columns, for validating structured filters."""
-        return dict(self.schema())
 
     def fetch(self, keys: Sequence[int], columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Rows for keys, in the order of keys (a key may repeat; missing keys give empty dicts)."""
