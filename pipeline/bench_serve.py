@@ -316,21 +316,16 @@ def pipeline_ceiling(
     from concurrent.futures import Future
 
     from pipeline.batcher import MicroBatcher
-    from pipeline.encode import EncoderConfig
     from pipeline.layout import IndexPaths
     from pipeline.search import Searcher
-    from pipeline.server import JobResult, SearchJob, process_jobs
+    from pipeline.server import JobResult, SearchJob, freeze_loaded, process_jobs, serving_encoder
 
-    if config.threads:
-        import faiss
-
-        faiss.omp_set_num_threads(config.threads)
-    encoder = EncoderConfig(device=config.device, tokenizer_workers=0, threads=config.threads, spin=False)
+    encoder = serving_encoder(config.device, config.threads)
     searcher = Searcher(IndexPaths.of(index["index_dir"], index["name"]), model=index["model_path"], encoder=encoder)
+    froze = False
     try:
         searcher.search(queries[:8], config.k)  # warm-up: first calls allocate
-        gc.collect()
-        gc.freeze()  # as the server does once loaded (ServerConfig.freeze_gc)
+        froze = freeze_loaded()  # as the server does once loaded (ServerConfig.freeze_gc)
         out = []
         for clients in client_counts:
             # the same queries for every count, so only the concurrency differs
@@ -355,7 +350,8 @@ def pipeline_ceiling(
             out.append({"clients": clients, "queries": len(texts), "qps": round(len(texts) / seconds, 1)})
         return out
     finally:
-        gc.unfreeze()
+        if froze:
+            gc.unfreeze()
         searcher.close()
 
 

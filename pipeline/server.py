@@ -26,6 +26,7 @@ from pipeline.metrics_registry import CONTENT_TYPE, ServerMetrics
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
 
+    from pipeline.encode import EncoderConfig
     from pipeline.search import Searcher
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,32 @@ def process_jobs(jobs: list[SearchJob], metrics: ServerMetrics | None = None) ->
     return [r if r is not None else RuntimeError("job not processed") for r in results]
 
 
+def serving_encoder(device: str, threads: int | None) -> EncoderConfig:
+    """How a server runs its encoder: tokenising on a thread, ONNX Runtime threads that sleep between calls
+    (the HTTP loop and FAISS need the cores between them); FAISS also gets `threads` when given."""
+    from pipeline.encode import EncoderConfig
+
+    if threads:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    return EncoderConfig(device=device, tokenizer_workers=0, threads=threads, spin=False)
+
+
+def freeze_loaded() -> bool:
+    """Collect once, then hide every live object from the cyclic GC; False when something froze them already.
+
+    A full collection walks every object torch, the model and the indexes created (up to 300 ms measured on
+    2 cores, paid by the requests in flight); they live as long as the server. Only once: objects created
+    later (new generations) stay collectable. `gc.unfreeze()` hands them back.
+    """
+    if gc.get_freeze_count():
+        return False
+    gc.collect()
+    gc.freeze()
+    return True
+
+
 # --- server state ---------------------------------------------------------------------------------
 
 
@@ -342,7 +369,6 @@ class ServerState:
             self._froze_gc = False
 
     def _load(self) -> None:
-        from pipeline.encode import EncoderConfig
         from pipeline.layout import IndexPaths, list_indexes
         from pipeline.search import Searcher
 
@@ -354,11 +380,7 @@ class ServerState:
                 paths = list_indexes(cfg.index_dir)
                 if not paths:
                     raise IndexNotFoundError(f"no index in {cfg.index_dir}; build one with `bmsearch index`")
-            encoder = EncoderConfig(device=cfg.device, tokenizer_workers=0, threads=cfg.threads, spin=False)
-            if cfg.threads:
-                import faiss
-
-                faiss.omp_set_num_threads(cfg.threads)
+            encoder = serving_encoder(cfg.device, cfg.threads)
             searchers: dict[str, Searcher] = {}
             for p in paths:
                 if self._stop.is_set():
@@ -379,13 +401,8 @@ class ServerState:
                 on_batch=self._on_batch,
                 name="bmsearch-batcher",
             )
-            # A full collection walks every object torch, the model and the indexes created (up to 300 ms
-            # measured on 2 cores, paid by the requests in flight); they live as long as the server, so they
-            # go where the collector no longer looks. Only once: objects of later generations stay collectable.
-            if cfg.freeze_gc and not gc.get_freeze_count():
-                gc.collect()
-                gc.freeze()
-                self._froze_gc = True
+            if cfg.freeze_gc:
+                self._froze_gc = freeze_loaded()
         except Exception as exc:
             self.status = "error"
             self.message = str(exc) if isinstance(exc, BmsearchError) else f"{type(exc).__name__}: {exc}"
@@ -735,5 +752,7 @@ __all__ = [
     "ServerConfig",
     "ServerState",
     "create_app",
+    "freeze_loaded",
     "process_jobs",
+    "serving_encoder",
 ]
