@@ -47,6 +47,7 @@ class ServeBenchConfig:
     time_limit_s: float = 300.0  # per run: a run stops by itself after this long
     startup_timeout_s: float = 600.0
     ceiling_queries: int = 1024  # per client count, for the in-process ceiling (0: skip it)
+    gc_freeze: bool = True  # the server's --gc-freeze (and the in-process figure's)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -147,6 +148,48 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def serve_command(
+    index_dir: str,
+    name: str,
+    model: str,
+    port: int,
+    max_batch: int,
+    max_wait_ms: float,
+    device: str,
+    threads: int | None = None,
+    gc_freeze: bool = True,
+) -> list[str]:
+    """The `bmsearch serve` command line of the benchmark's server (this interpreter, loopback, no reload)."""
+    return [
+        sys.executable,
+        "-c",
+        "from pipeline.cli import main; main()",
+        "serve",
+        "--index",
+        name,
+        "--index-dir",
+        index_dir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        str(max_wait_ms),
+        "--device",
+        device,
+        "--model",
+        model,
+        "--reload-interval",
+        "0",
+        "--log-level",
+        "warning",
+        "--gc-freeze" if gc_freeze else "--no-gc-freeze",
+        *(["--threads", str(threads)] if threads else []),
+    ]
+
+
 class ServerProcess:
     """`bmsearch serve` in a subprocess on 127.0.0.1 and a free port (client and server do not share a GIL)."""
 
@@ -160,35 +203,11 @@ class ServerProcess:
         device: str,
         extra_env: dict[str, str] | None = None,
         threads: int | None = None,
+        gc_freeze: bool = True,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [
-            sys.executable,
-            "-c",
-            "from pipeline.cli import main; main()",
-            "serve",
-            "--index",
-            name,
-            "--index-dir",
-            index_dir,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--max-batch",
-            str(max_batch),
-            "--max-wait-ms",
-            str(max_wait_ms),
-            "--device",
-            device,
-            "--model",
-            model,
-            "--reload-interval",
-            "0",
-            "--log-level",
-            "warning",
-        ]
+        args = serve_command(index_dir, name, model, self.port, max_batch, max_wait_ms, device, threads, gc_freeze)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
         env.pop("BMSEARCH_API_KEY", None)
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -325,7 +344,7 @@ def pipeline_ceiling(
     froze = False
     try:
         searcher.search(queries[:8], config.k)  # warm-up: first calls allocate
-        froze = freeze_loaded()  # as the server does once loaded (ServerConfig.freeze_gc)
+        froze = config.gc_freeze and freeze_loaded()  # as the server does once loaded
         out = []
         for clients in client_counts:
             # the same queries for every count, so only the concurrency differs
@@ -379,6 +398,7 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
             config.device,
             config.extra_env,
             config.threads,
+            config.gc_freeze,
         )
         try:
             server.wait_ready(config.startup_timeout_s)
@@ -528,7 +548,9 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"Index: {idx['rows']} rows = the first sentence of each of the first {idx['rows']} IMDB reviews "
         f"(HTML removed, cut to {SENTENCE_WORDS} words, about 32 tokens), model {idx['model']}, "
-        f"FAISS {idx['index_type']}, server threads {cfg.get('threads') or 'all cores'}. Queries: the second sentence of reviews; k={cfg['k']}. "
+        f"FAISS {idx['index_type']}, server threads {cfg.get('threads') or 'all cores'}, "
+        f"GC freeze {'on' if cfg.get('gc_freeze', True) else 'off'}. "
+        f"Queries: the second sentence of reviews; k={cfg['k']}. "
         f"Each run: {cfg['requests']} requests after {cfg['warmup']} warm-up requests, server and "
         f"clients (asyncio + httpx, one connection per client) on the same machine over loopback.",
         "",

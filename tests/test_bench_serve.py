@@ -19,6 +19,7 @@ from pipeline.bench_serve import (
     render_markdown,
     render_text,
     run_serve_bench,
+    serve_command,
     summarise,
 )
 from tests.conftest import sample_texts
@@ -52,6 +53,15 @@ def test_mean_batch_size_reads_the_histogram() -> None:
     text = "bmsearch_batch_size_sum 30\nbmsearch_batch_size_count 4\n"
     assert mean_batch_size(text) == 7.5
     assert mean_batch_size("bmsearch_batch_size_count 0\n") is None
+
+
+def test_serve_command_passes_threads_and_gc_freeze() -> None:
+    plain = serve_command("idx", "docs", "m", 8123, 64, 5.0, "cpu")
+    assert "--threads" not in plain and "--gc-freeze" in plain
+    assert plain[plain.index("--port") + 1] == "8123" and plain[plain.index("--index") + 1] == "docs"
+    tuned = serve_command("idx", "docs", "m", 8123, 1, 0.0, "cpu", threads=1, gc_freeze=False)
+    assert tuned[tuned.index("--threads") + 1] == "1" and "--no-gc-freeze" in tuned
+    assert tuned[tuned.index("--max-batch") + 1] == "1"
 
 
 def test_summary_scaling_batching_gain_and_ceiling() -> None:

@@ -70,6 +70,12 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
     help="Queries per client count for the in-process ceiling (the server's batcher and searcher, no HTTP); "
     "0 skips it.",
 )
+@click.option(
+    "--gc-freeze/--no-gc-freeze",
+    default=True,
+    show_default=True,
+    help="The server's --gc-freeze (to measure what it does).",
+)
 @bench_output_options
 @handle_errors
 def command(
@@ -89,6 +95,7 @@ def command(
     threads: int | None,
     time_limit: float,
     ceiling_queries: int,
+    gc_freeze: bool,
     as_json: bool,
     record: Path | None,
     quiet: bool,
@@ -124,6 +131,7 @@ def command(
         threads=threads,
         time_limit_s=time_limit,
         ceiling_queries=ceiling_queries,
+        gc_freeze=gc_freeze,
     )
     result = run_serve_bench(config, CliProgress(enabled=not quiet and not as_json))
     if as_json:

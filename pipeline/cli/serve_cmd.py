@@ -59,6 +59,13 @@ from pipeline.cli.output import handle_errors
     help="CPU threads for the encoder and FAISS [default: all cores]; 1 is best on a busy machine.",
 )
 @click.option(
+    "--gc-freeze/--no-gc-freeze",
+    default=True,
+    show_default=True,
+    help="Once loaded, keep the loaded model and indexes out of Python's cyclic GC, whose full passes over "
+    "them stall requests.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -78,6 +85,7 @@ def serve(
     model: str | None,
     device: str,
     threads: int | None,
+    gc_freeze: bool,
     log_level: str,
 ) -> None:
     """Serve indexes over HTTP: POST /search, GET /indexes, /health, /metrics, /docs.
@@ -105,6 +113,7 @@ def serve(
         reload_interval_s=reload_interval,
         max_body_bytes=max_body_bytes,
         threads=threads,
+        freeze_gc=gc_freeze,
     )
     uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=log_level == "debug")
 
