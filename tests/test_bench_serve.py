@@ -137,3 +137,10 @@ def test_whole_run_against_a_server_subprocess(bench_setup: tuple[ServeBenchConf
 def test_cli_rejects_bad_client_counts() -> None:
     result = run("bench", "serve", "--clients", "1,x")
     assert result.exit_code == 2 and "comma-separated" in result.output
+
+
+def test_cli_without_the_imdb_file_says_so(tmp_path: Path) -> None:
+    result = run("bench", "serve", "--data-dir", tmp_path, "--cache-dir", tmp_path / "cache", "--quiet")
+    assert result.exit_code == 1
+    assert "aclImdb_reviews.jsonl.gz is absent" in result.output and "--data-dir" in result.output
+    assert not (tmp_path / "cache").exists()
