@@ -1,4 +1,4 @@
-"""Micro-batching: one worker thread gathers concurrent requests for a short window and processes them at once."""
+"""Micro-batching: worker threads gather concurrent requests for a short window and process them at once."""
 
 from __future__ import annotations
 
@@ -28,11 +28,14 @@ class QueueFullError(RuntimeError):
 class MicroBatcher(Generic[T, R]):
     """Collects items submitted from any thread and hands them to `process` in batches.
 
-    The worker takes the first waiting item, then keeps collecting until `max_batch` items or until
+    A worker takes the first waiting item, then keeps collecting until `max_batch` items or until
     `max_wait_ms` have passed since that first item, and calls `process(items)` once. `process`
     returns one result per item, in order; a result that is an exception fails only its own item,
     and an exception raised by `process` fails the whole batch. `on_batch(size, seconds)` is told
     about every batch (for metrics).
+
+    With `workers` > 1, that many batches are processed at once (`process` must then be thread-safe):
+    while one worker computes, the next collects the requests that arrive meanwhile.
     """
 
     def __init__(
@@ -43,9 +46,12 @@ class MicroBatcher(Generic[T, R]):
         max_queue: int = 10_000,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "micro-batcher",
+        workers: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
         self.process = process
@@ -57,8 +63,12 @@ class MicroBatcher(Generic[T, R]):
         self._closed = False
         self._last_size = 0
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=name if workers == 1 else f"{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def pending(self) -> int:
@@ -86,8 +96,11 @@ class MicroBatcher(Generic[T, R]):
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(_STOP)
-        self._thread.join(timeout)
+            for _ in self._threads:
+                self._queue.put(_STOP)  # one per worker, behind every item already queued
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> MicroBatcher[T, R]:
         return self

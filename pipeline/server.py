@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 MAX_QUERIES = 256
 MAX_QUERY_CHARS = 10_000
 MAX_K = 1000
+# Most padded tokens per forward pass of a CPU server: a micro-batch is split into length-sorted sub-batches.
+SERVING_TOKEN_BUDGET = 128
 HIDDEN_COLUMNS = ("_key", "_hash")
 ENDPOINTS = ("/search", "/indexes", "/health", "/metrics", "/openapi.json", "/docs", "/redoc")
 
@@ -52,14 +54,15 @@ class ServerConfig:
     indexes: list[str] | None = None  # None: every committed index in index_dir
     api_key: str | None = None  # when set, every request must carry it
     max_batch: int = 64  # most requests encoded in one encoder call
-    max_wait_ms: float = 5.0  # how long the batcher waits for more requests after the first
+    max_wait_ms: float | None = None  # how long a batch waits for more requests after its first; None: auto
     device: str = "auto"
     model: str | None = None  # None: the model recorded in each index's manifest
     reload_interval_s: float = 2.0  # how often to look for a newer generation; 0 disables hot reload
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 60.0
     max_queue: int = 10_000
-    threads: int | None = None  # CPU threads for the encoder and FAISS; None: the encoder's default (all cores)
+    threads: int | None = None  # CPU threads per batch for the encoder and FAISS; None: 1 (see serving_encoder)
+    workers: int | None = None  # batches processed at once; None: one per core on CPU, 1 on a GPU
     warmup: bool = True  # encode one text at load so the first request is not slow
     freeze_gc: bool = True  # after loading, hide the loaded objects from the cyclic GC (the server owns its process)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -306,15 +309,47 @@ def process_jobs(jobs: list[SearchJob], metrics: ServerMetrics | None = None) ->
 
 
 def serving_encoder(device: str, threads: int | None) -> EncoderConfig:
-    """How a server runs its encoder: tokenising on a thread, ONNX Runtime threads that sleep between calls
-    (the HTTP loop and FAISS need the cores between them); FAISS also gets `threads` when given."""
-    from pipeline.encode import EncoderConfig
+    """How a server runs its encoder: tokenising in the calling thread, `threads` (default 1) ONNX Runtime
+    and FAISS threads per batch that sleep between calls, and short token-budget batches.
 
-    if threads:
-        import faiss
+    A query is a few dozen tokens: a second thread on one forward pass costs CPU without lowering its
+    latency, so a server gets its parallelism from several batches at once instead (see `batch_workers`).
+    Length-sorted sub-batches of at most SERVING_TOKEN_BUDGET tokens spare the padding a batch of mixed
+    lengths would pay (docs/benchmarks.md, "Server: one thread per batch").
+    """
+    import faiss
 
-        faiss.omp_set_num_threads(threads)
-    return EncoderConfig(device=device, tokenizer_workers=0, threads=threads, spin=False)
+    from pipeline.encode import EncoderConfig, resolve_device
+
+    threads = threads or 1
+    faiss.omp_set_num_threads(threads)
+    return EncoderConfig(
+        device=device,
+        tokenizer_workers=0,
+        threads=threads,
+        spin=False,
+        token_budget=SERVING_TOKEN_BUDGET if resolve_device(device) == "cpu" else None,
+    )
+
+
+def batch_wait_ms(max_wait_ms: float | None, workers: int) -> float:
+    """How long a batch waits for company: `max_wait_ms`, else 0 with several workers (while one computes,
+    the requests arriving meanwhile gather for the next, and waiting would only idle a worker) and 5 ms
+    with one."""
+    if max_wait_ms is not None:
+        return max_wait_ms
+    return 0.0 if workers > 1 else 5.0
+
+
+def batch_workers(device: str, workers: int | None) -> int:
+    """Batches a server processes at once: `workers`, else one per core on CPU and one on a GPU (where one
+    batch already fills the device)."""
+    from pipeline.encode import resolve_device
+    from pipeline.onnx_backend import available_cores
+
+    if workers:
+        return workers
+    return available_cores() if resolve_device(device) == "cpu" else 1
 
 
 def freeze_loaded() -> bool:
@@ -394,13 +429,15 @@ class ServerState:
                 searchers[p.name] = searcher
                 self._publish(p.name, searcher)
             self.searchers = searchers
+            workers = batch_workers(cfg.device, cfg.workers)
             self.batcher = MicroBatcher(
                 lambda jobs: process_jobs(jobs, self.metrics),
                 max_batch=cfg.max_batch,
-                max_wait_ms=cfg.max_wait_ms,
+                max_wait_ms=batch_wait_ms(cfg.max_wait_ms, workers),
                 max_queue=cfg.max_queue,
                 on_batch=self._on_batch,
                 name="bmsearch-batcher",
+                workers=workers,
             )
             if cfg.freeze_gc:
                 self._froze_gc = freeze_loaded()

@@ -117,8 +117,37 @@ def test_async_run_and_cancelled_items_are_skipped() -> None:
     assert 99 not in processed
 
 
+def test_several_workers_process_batches_side_by_side_and_close_drains_them() -> None:
+    both_running = threading.Barrier(2, timeout=5)
+    threads: set[str] = set()
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def process(items: list[int]) -> list[int]:
+        if items[0] < 2:
+            both_running.wait()  # fails unless two batches are in process at once
+        with lock:
+            threads.add(threading.current_thread().name)
+            done.extend(items)
+        return [x + 100 for x in items]
+
+    batcher = MicroBatcher(process, max_batch=1, max_wait_ms=0, workers=2, name="pair")
+    first = [batcher.submit(0), batcher.submit(1)]
+    assert [f.result(timeout=10) for f in first] == [100, 101]
+    rest = [batcher.submit(i) for i in range(2, 30)]
+    batcher.close()  # returns once every queued item is processed
+    assert all(f.done() for f in rest)
+    assert [f.result() for f in rest] == [i + 100 for i in range(2, 30)]
+    assert sorted(done) == list(range(30))
+    assert threads == {"pair-0", "pair-1"}
+    with pytest.raises(BatcherClosedError):
+        batcher.submit(99)
+
+
 def test_invalid_settings() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(lambda items: items, max_batch=0)
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda items: items, workers=0)
     with pytest.raises(ValueError):
         MicroBatcher(lambda items: items, max_wait_ms=-1)

@@ -119,6 +119,28 @@ def test_gpu_server_answers_like_the_cpu_one(index_dir: Path, client: TestClient
         assert codes == [200] * 12
 
 
+def test_cpu_serving_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    from pipeline import onnx_backend
+    from pipeline.server import SERVING_TOKEN_BUDGET, batch_wait_ms, batch_workers, serving_encoder
+
+    monkeypatch.setattr(onnx_backend, "available_cores", lambda: 4)
+    # one thread per forward pass, short length-sorted sub-batches, one batch worker per core, no wait
+    config = serving_encoder("cpu", None)
+    assert (config.threads, config.token_budget, config.spin, config.tokenizer_workers) == (
+        1,
+        SERVING_TOKEN_BUDGET,
+        False,
+        0,
+    )
+    assert faiss.omp_get_max_threads() == 1
+    assert batch_workers("cpu", None) == 4 and batch_workers("cpu", 2) == 2
+    assert batch_wait_ms(None, 4) == 0.0 and batch_wait_ms(None, 1) == 5.0 and batch_wait_ms(3.0, 4) == 3.0
+    assert serving_encoder("cpu", 2).threads == 2 and faiss.omp_get_max_threads() == 2
+    faiss.omp_set_num_threads(onnx_backend.os.cpu_count() or 1)
+
+
 def test_loaded_objects_are_hidden_from_the_cyclic_gc(client: TestClient) -> None:
     import gc
 

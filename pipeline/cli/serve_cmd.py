@@ -32,9 +32,8 @@ from pipeline.cli.output import handle_errors
 @click.option(
     "--max-wait-ms",
     type=click.FloatRange(0, 1000),
-    default=5.0,
-    show_default=True,
-    help="How long a batch waits for more requests after its first.",
+    default=None,
+    help="How long a batch waits for more requests after its first [default: 0 with several --workers, 5 with one].",
 )
 @click.option(
     "--reload-interval",
@@ -56,7 +55,14 @@ from pipeline.cli.output import handle_errors
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads for the encoder and FAISS [default: all cores]; 1 is best on a busy machine.",
+    help="CPU threads per batch for the encoder and FAISS [default: 1; queries are short, and batches run "
+    "side by side instead].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Batches processed at once [default: one per CPU core; 1 on a GPU].",
 )
 @click.option(
     "--gc-freeze/--no-gc-freeze",
@@ -64,6 +70,20 @@ from pipeline.cli.output import handle_errors
     show_default=True,
     help="Once loaded, keep the loaded model and indexes out of Python's cyclic GC, whose full passes over "
     "them stall requests.",
+)
+@click.option(
+    "--http",
+    type=click.Choice(["auto", "h11", "httptools"]),
+    default="auto",
+    show_default=True,
+    help="uvicorn's HTTP parser (auto: httptools when installed).",
+)
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default="auto",
+    show_default=True,
+    help="uvicorn's event loop (auto: uvloop when installed).",
 )
 @click.option(
     "--log-level",
@@ -79,13 +99,16 @@ def serve(
     port: int,
     api_key: str | None,
     max_batch: int,
-    max_wait_ms: float,
+    max_wait_ms: float | None,
     reload_interval: float,
     max_body_bytes: int,
     model: str | None,
     device: str,
     threads: int | None,
+    workers: int | None,
     gc_freeze: bool,
+    http: str,
+    loop: str,
     log_level: str,
 ) -> None:
     """Serve indexes over HTTP: POST /search, GET /indexes, /health, /metrics, /docs.
@@ -113,9 +136,18 @@ def serve(
         reload_interval_s=reload_interval,
         max_body_bytes=max_body_bytes,
         threads=threads,
+        workers=workers,
         freeze_gc=gc_freeze,
     )
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=log_level == "debug")
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        http=http,
+        loop=loop,
+        log_level=log_level,
+        access_log=log_level == "debug",
+    )
 
 
 def _is_loopback(host: str) -> bool:
