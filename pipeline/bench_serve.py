@@ -1,4 +1,4 @@
-"""Server load test: a cached IMDB-sentence index, a local `bmsearch serve` subprocess and asyncio httpx clients."""
+"""Server load test: a cached IMDB-sentence index, a local `bmsearch serve` subprocess and asyncio aiohttp clients."""
 
 from __future__ import annotations
 
@@ -39,11 +39,15 @@ class ServeBenchConfig:
     warmup: int = 20
     k: int = 10
     max_batch: int = 64
-    max_wait_ms: float = 5.0
+    max_wait_ms: float | None = None  # the server's --max-wait-ms (None: its default)
     compare_unbatched: bool = True  # also run with --max-batch 1
     device: str = "cpu"
     backend: str = "auto"  # encoder backend of the benchmark index (and so of the server's queries)
-    threads: int | None = None  # server CPU threads (None: all cores)
+    threads: int | None = None  # the server's --threads (None: its default)
+    workers: int | None = None  # the server's --workers (None: its default)
+    http: str = "auto"  # the server's --http
+    loop: str = "auto"  # the server's --loop
+    index_type: str | None = None  # FAISS factory of the benchmark index (None: the automatic choice)
     time_limit_s: float = 300.0  # per run: a run stops by itself after this long
     startup_timeout_s: float = 600.0
     ceiling_queries: int = 1024  # per client count, for the in-process ceiling (0: skip it)
@@ -111,10 +115,13 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
     if len(corpus) < config.rows:
         raise DataError(f"only {len(corpus)} IMDB reviews found; ask for --rows {len(corpus)} or fewer")
     built_s = None
-    if paths.current() is None:
+    current = paths.current()
+    cached = read_manifest(paths.generation(current))["index"] if current is not None else None
+    if cached is None or cached.get("factory") != _wanted_factory(config, cached):
         parquet = root / f"{name}.parquet"
-        parquet.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(corpus), parquet)
+        if cached is None:
+            parquet.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(corpus), parquet)
         started = time.monotonic()
         build_index(
             BuildOptions(
@@ -124,6 +131,8 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
                 model=model,
                 id_column="id",
                 encoder=EncoderConfig(device=config.device, backend=config.backend),
+                index_type=config.index_type,
+                rebuild=cached is not None,  # another index type: from the cached embeddings, none re-encoded
                 lexical=False,
             ),
             progress or NoProgress(),
@@ -142,6 +151,17 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
     }
 
 
+def _wanted_factory(config: ServeBenchConfig, cached: dict[str, Any] | None) -> str | None:
+    """The FAISS factory the benchmark index should have: --index-type, else what the build chooses now."""
+    from pipeline import ann
+
+    if config.index_type:
+        return config.index_type
+    if cached is None:
+        return None
+    return ann.choose_index(int(cached["ntotal"]), int(cached["dimension"])).factory
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -154,10 +174,13 @@ def serve_command(
     model: str,
     port: int,
     max_batch: int,
-    max_wait_ms: float,
+    max_wait_ms: float | None,
     device: str,
     threads: int | None = None,
     gc_freeze: bool = True,
+    workers: int | None = None,
+    http: str = "auto",
+    loop: str = "auto",
 ) -> list[str]:
     """The `bmsearch serve` command line of the benchmark's server (this interpreter, loopback, no reload)."""
     return [
@@ -175,8 +198,6 @@ def serve_command(
         str(port),
         "--max-batch",
         str(max_batch),
-        "--max-wait-ms",
-        str(max_wait_ms),
         "--device",
         device,
         "--model",
@@ -187,6 +208,10 @@ def serve_command(
         "warning",
         "--gc-freeze" if gc_freeze else "--no-gc-freeze",
         *(["--threads", str(threads)] if threads else []),
+        *(["--workers", str(workers)] if workers else []),
+        *(["--max-wait-ms", str(max_wait_ms)] if max_wait_ms is not None else []),
+        *(["--http", http] if http != "auto" else []),
+        *(["--loop", loop] if loop != "auto" else []),
     ]
 
 
@@ -199,15 +224,20 @@ class ServerProcess:
         name: str,
         model: str,
         max_batch: int,
-        max_wait_ms: float,
+        max_wait_ms: float | None,
         device: str,
         extra_env: dict[str, str] | None = None,
         threads: int | None = None,
         gc_freeze: bool = True,
+        workers: int | None = None,
+        http: str = "auto",
+        loop: str = "auto",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = serve_command(index_dir, name, model, self.port, max_batch, max_wait_ms, device, threads, gc_freeze)
+        args = serve_command(
+            index_dir, name, model, self.port, max_batch, max_wait_ms, device, threads, gc_freeze, workers, http, loop
+        )
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
         env.pop("BMSEARCH_API_KEY", None)
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -255,16 +285,20 @@ class ServerProcess:
 async def _load(
     url: str, queries: list[str], clients: int, requests: int, k: int, time_limit_s: float
 ) -> dict[str, Any]:
-    """`clients` concurrent loops share `requests` POST /search calls; stops after time_limit_s regardless."""
-    import httpx
+    """`clients` concurrent loops share `requests` POST /search calls; stops after time_limit_s regardless.
+
+    aiohttp, not httpx: the load generator shares the machine with the server, and aiohttp spends about a
+    quarter of httpx's CPU per request (0.3 against 1.3 ms here), which would otherwise be taken from the server.
+    """
+    import aiohttp
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
     issued = 0
     deadline = time.monotonic() + time_limit_s
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    connector = aiohttp.TCPConnector(limit=clients)
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal issued
         while issued < requests and time.monotonic() < deadline:
             n = issued
@@ -272,18 +306,20 @@ async def _load(
             body = {"query": queries[n % len(queries)], "k": k}
             started = time.perf_counter()
             try:
-                response = await client.post(f"{url}/search", json=body)
-                ok = response.status_code == 200
-                key = str(response.status_code)
-            except httpx.HTTPError as exc:
+                async with session.post(f"{url}/search", json=body) as response:
+                    await response.read()
+                    ok = response.status == 200
+                    key = str(response.status)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 ok, key = False, type(exc).__name__
             latencies.append(time.perf_counter() - started)
             if not ok:
                 errors[key] = errors.get(key, 0) + 1
 
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        await asyncio.gather(*(worker(session) for _ in range(clients)))
         wall = time.perf_counter() - started
     return {
         "requests": len(latencies),
@@ -337,7 +373,15 @@ def pipeline_ceiling(
     from pipeline.batcher import MicroBatcher
     from pipeline.layout import IndexPaths
     from pipeline.search import Searcher
-    from pipeline.server import JobResult, SearchJob, freeze_loaded, process_jobs, serving_encoder
+    from pipeline.server import (
+        JobResult,
+        SearchJob,
+        batch_wait_ms,
+        batch_workers,
+        freeze_loaded,
+        process_jobs,
+        serving_encoder,
+    )
 
     encoder = serving_encoder(config.device, config.threads)
     searcher = Searcher(IndexPaths.of(index["index_dir"], index["name"]), model=index["model_path"], encoder=encoder)
@@ -349,8 +393,13 @@ def pipeline_ceiling(
         for clients in client_counts:
             # the same queries for every count, so only the concurrency differs
             texts = [queries[i % len(queries)] for i in range(config.ceiling_queries)]
+            workers = batch_workers(config.device, config.workers)
             batcher: MicroBatcher[SearchJob, JobResult] = MicroBatcher(
-                process_jobs, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, name="bench-ceiling"
+                process_jobs,
+                max_batch=config.max_batch,
+                max_wait_ms=batch_wait_ms(config.max_wait_ms, workers),
+                name="bench-ceiling",
+                workers=workers,
             )
             with batcher:
                 started = time.perf_counter()
@@ -399,6 +448,9 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
             config.extra_env,
             config.threads,
             config.gc_freeze,
+            config.workers,
+            config.http,
+            config.loop,
         )
         try:
             server.wait_ready(config.startup_timeout_s)
@@ -428,10 +480,28 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
     return {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "extra_env"},
         "machine": machine_info(),
+        "server": server_settings(config),
         "index": index,
         "runs": runs,
         "ceiling": ceiling,
         "summary": summarise(runs, config, ceiling),
+    }
+
+
+def server_settings(config: ServeBenchConfig) -> dict[str, Any]:
+    """What the benchmark's server runs with, defaults resolved as the server resolves them."""
+    from importlib.util import find_spec
+
+    from pipeline.server import batch_wait_ms, batch_workers
+
+    workers = batch_workers(config.device, config.workers)
+    return {
+        "workers": workers,
+        "threads": config.threads or 1,
+        "max_wait_ms": batch_wait_ms(config.max_wait_ms, workers),
+        # as uvicorn resolves "auto"
+        "loop": config.loop if config.loop != "auto" else ("uvloop" if find_spec("uvloop") else "asyncio"),
+        "http": config.http if config.http != "auto" else ("httptools" if find_spec("httptools") else "h11"),
     }
 
 
@@ -536,6 +606,15 @@ def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _server_line(server: dict[str, Any] | None) -> str:
+    if not server:
+        return "defaults"
+    return (
+        f"{server['workers']} batch worker(s) x {server['threads']} thread(s), wait {server['max_wait_ms']:g} ms, "
+        f"uvicorn with {server['loop']} and {server['http']}"
+    )
+
+
 def render_markdown(result: dict[str, Any], command: str) -> str:
     m, idx, cfg = result["machine"], result["index"], result["config"]
     lines = [
@@ -548,11 +627,11 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"Index: {idx['rows']} rows = the first sentence of each of the first {idx['rows']} IMDB reviews "
         f"(HTML removed, cut to {SENTENCE_WORDS} words, about 32 tokens), model {idx['model']}, "
-        f"FAISS {idx['index_type']}, server threads {cfg.get('threads') or 'all cores'}, "
+        f"FAISS {idx['index_type']}. Server: {_server_line(result.get('server'))}, "
         f"GC freeze {'on' if cfg.get('gc_freeze', True) else 'off'}. "
         f"Queries: the second sentence of reviews; k={cfg['k']}. "
         f"Each run: {cfg['requests']} requests after {cfg['warmup']} warm-up requests, server and "
-        f"clients (asyncio + httpx, one connection per client) on the same machine over loopback.",
+        f"clients (asyncio + aiohttp, one connection per client) on the same machine over loopback.",
         "",
         "| max_batch | clients | requests | errors | QPS | p50 ms | p95 ms | p99 ms | mean batch "
         "| server CPU ms/req | client CPU ms/req |",
@@ -577,10 +656,7 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         )
     if "batching_gain_by_clients" in s:
         gains = ", ".join(f"{g}x at {c} clients" for c, g in s["batching_gain_by_clients"].items())
-        lines.append(
-            f"- Micro-batching (max_batch {cfg['max_batch']}, wait {cfg['max_wait_ms']} ms) over "
-            f"--max-batch 1: {gains}."
-        )
+        lines.append(f"- Micro-batching (max_batch {cfg['max_batch']}) over --max-batch 1: {gains}.")
     if "ceiling_scaling" in s:
         lines.append(
             f"- The server's batcher and searcher in process, without HTTP ({s['ceiling_qps']} q/s with "

@@ -59,9 +59,14 @@ def test_serve_command_passes_threads_and_gc_freeze() -> None:
     plain = serve_command("idx", "docs", "m", 8123, 64, 5.0, "cpu")
     assert "--threads" not in plain and "--gc-freeze" in plain
     assert plain[plain.index("--port") + 1] == "8123" and plain[plain.index("--index") + 1] == "docs"
-    tuned = serve_command("idx", "docs", "m", 8123, 1, 0.0, "cpu", threads=1, gc_freeze=False)
+    assert "--workers" not in plain and plain[plain.index("--max-wait-ms") + 1] == "5.0"
+    assert "--max-wait-ms" not in serve_command("idx", "docs", "m", 8123, 64, None, "cpu")  # the server's default
+    tuned = serve_command("idx", "docs", "m", 8123, 1, 0.0, "cpu", threads=1, gc_freeze=False, workers=3)
     assert tuned[tuned.index("--threads") + 1] == "1" and "--no-gc-freeze" in tuned
-    assert tuned[tuned.index("--max-batch") + 1] == "1"
+    assert tuned[tuned.index("--max-batch") + 1] == "1" and tuned[tuned.index("--workers") + 1] == "3"
+    assert "--http" not in tuned and "--loop" not in tuned
+    baseline = serve_command("idx", "docs", "m", 8123, 64, None, "cpu", http="h11", loop="asyncio")
+    assert baseline[baseline.index("--http") + 1] == "h11" and baseline[baseline.index("--loop") + 1] == "asyncio"
 
 
 def test_summary_scaling_batching_gain_and_ceiling() -> None:
@@ -114,6 +119,20 @@ def test_prepare_index_builds_once_then_reuses(bench_setup: tuple[ServeBenchConf
     assert again["built_s"] is None and again["rows"] == 120
 
 
+def test_another_index_type_is_rebuilt_from_the_cached_embeddings(
+    bench_setup: tuple[ServeBenchConfig, dict[str, Any]],
+) -> None:
+    from dataclasses import replace
+
+    config, index = bench_setup
+    assert index["index_type"] == "Flat"  # the automatic choice for 120 rows
+    ivf = prepare_index(replace(config, index_type="IVF4,Flat"))
+    assert ivf["built_s"] is not None and ivf["index_type"] == "IVF4,Flat" and ivf["name"] == index["name"]
+    back = prepare_index(config)  # the automatic choice again
+    assert back["built_s"] is not None and back["index_type"] == "Flat"
+    assert prepare_index(config)["built_s"] is None
+
+
 def test_pipeline_ceiling_runs_every_client_count(bench_setup: tuple[ServeBenchConfig, dict[str, Any]]) -> None:
     config, index = bench_setup
     out = pipeline_ceiling(index, index["queries"], config, (1, 4))
@@ -132,6 +151,7 @@ def test_whole_run_against_a_server_subprocess(bench_setup: tuple[ServeBenchConf
     assert "in-process ceiling" in text and "throughput 3 vs 1 client(s)" in text
     markdown = render_markdown(result, "bmsearch bench serve ...")
     assert "| 64 | 3 | 12 | 0 |" in markdown and "about as far as batching can take" in markdown
+    assert "thread(s), wait" in markdown and "aiohttp" in markdown
 
 
 def test_cli_rejects_bad_client_counts() -> None:

@@ -45,7 +45,12 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True)
-@click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(0, 1000),
+    default=None,
+    help="The server's --max-wait-ms [default: its default].",
+)
 @click.option(
     "--compare/--no-compare",
     default=True,
@@ -54,7 +59,20 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
 )
 @click.option("--device", default="cpu", show_default=True, help="Device of the server: cpu, cuda or auto.")
 @backend_option("auto", "Encoder backend of the benchmark index and its queries.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Server CPU threads [default: all cores].")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="The server's --threads [default: its default]."
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="The server's --workers [default: its default]."
+)
+@click.option("--http", type=click.Choice(["auto", "h11", "httptools"]), default="auto", help="The server's --http.")
+@click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto", help="The server's --loop.")
+@click.option(
+    "--index-type",
+    default=None,
+    help="FAISS factory string of the benchmark index [default: the automatic choice]; another type than the "
+    "cached one is rebuilt from the cached embeddings.",
+)
 @click.option(
     "--time-limit",
     type=click.FloatRange(min=1),
@@ -88,11 +106,15 @@ def command(
     warmup: int,
     k: int,
     max_batch: int,
-    max_wait_ms: float,
+    max_wait_ms: float | None,
     compare: bool,
     device: str,
     backend: str,
     threads: int | None,
+    workers: int | None,
+    http: str,
+    loop: str,
+    index_type: str | None,
     time_limit: float,
     ceiling_queries: int,
     gc_freeze: bool,
@@ -101,7 +123,7 @@ def command(
     quiet: bool,
 ) -> None:
     """Start `bmsearch serve` on 127.0.0.1 (a free port) over a cached index of IMDB sentences, drive it
-    with N concurrent asyncio/httpx clients for a fixed number of requests and report QPS, p50/p95/p99
+    with N concurrent asyncio/aiohttp clients for a fixed number of requests and report QPS, p50/p95/p99
     latency, CPU per request, the gain of micro-batching over --max-batch 1, and how far batching can take the
     server, measured by its batcher and searcher in process without HTTP."""
     from pipeline.bench_serve import ServeBenchConfig, render_markdown, render_text, run_serve_bench
@@ -129,6 +151,10 @@ def command(
         device=device,
         backend=backend,
         threads=threads,
+        workers=workers,
+        http=http,
+        loop=loop,
+        index_type=index_type,
         time_limit_s=time_limit,
         ceiling_queries=ceiling_queries,
         gc_freeze=gc_freeze,
