@@ -73,12 +73,13 @@ def build_vectors(
     """Write the generation's FAISS index to `out`; returns what the manifest records about it.
 
     With `previous` (the last generation's path and index record), the trained index is reused when it
-    is still the right choice and can remove ids: `remove` keys are dropped and `new_groups` added,
-    keeping the recall-tuned search parameters. Otherwise the index is built and tuned from all shards.
+    is still the right choice and either can remove ids or has none to remove (HNSW takes additions only):
+    `remove` keys are dropped and `new_groups` added, keeping the recall-tuned search parameters.
+    Otherwise the index is built and tuned from all shards.
     """
     n = int(sum(len(g.keys) for g in groups))
     wanted = index_type or ann.choose_index(n, dim, memory_budget).factory
-    if previous is not None and previous["index"].get("factory") == wanted and previous["index"].get("supports_remove"):
+    if previous is not None and _reusable(previous["index"], wanted, remove):
         record = dict(previous["index"])
         index = ann.load_index(previous["path"], params=record.get("search_params"))
         if ann.update_index(index, remove, shard_source(shard_dir, new_groups)()):
@@ -107,3 +108,8 @@ def build_vectors(
     record = stats.to_dict()
     record.update(type=stats.factory, ntotal=int(index.ntotal), dimension=dim, updated_in_place=False)
     return record
+
+
+def _reusable(record: dict[str, Any], wanted: str, remove: np.ndarray) -> bool:
+    """Whether the last generation's index can be updated in place instead of rebuilt."""
+    return record.get("factory") == wanted and (bool(record.get("supports_remove")) or not len(remove))

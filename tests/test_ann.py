@@ -65,6 +65,16 @@ def test_small_corpus_gets_exact_flat() -> None:
     assert choice.estimated_bytes >= 10_000 * 384 * 4
 
 
+def test_mid_size_corpus_gets_hnsw_when_it_fits() -> None:
+    choice = ann.choose_index(100_000, 384)
+    assert choice.factory == f"HNSW{ann.HNSW_M}"
+    # a budget too small for the graph's links falls back to the IVF family
+    flat_bytes = ann.estimate_index_bytes("IVF512,Flat", 100_000, 384)
+    assert choice.estimated_bytes > flat_bytes
+    assert ann.choose_index(100_000, 384, flat_bytes + 1024).factory == "IVF512,Flat"
+    assert ann.choose_index(ann.HNSW_MAX_VECTORS, 384).factory.startswith("IVF")
+
+
 def test_large_corpus_choice_shrinks_with_budget() -> None:
     n, d = 1_000_000, 512
     big = ann.choose_index(n, d)

@@ -235,6 +235,28 @@ def test_trained_index_is_updated_in_place_with_measured_recall(tmp_path: Path, 
     assert hits[0]["id"] == 2_010
 
 
+def test_hnsw_takes_appends_in_place_and_rebuilds_when_rows_change(tmp_path: Path, tiny_model: Path) -> None:
+    def manifest(gen: int) -> dict:
+        return json.loads((tmp_path / "idx" / "inc" / f"gen-{gen:06d}" / "manifest.json").read_text())["index"]
+
+    data = write_parquet(tmp_path / "c.parquet", rows(600))
+    index(data, tmp_path / "idx", tiny_model, "--index-type", "HNSW16")
+    write_parquet(data, rows(630))  # appends only: nothing to remove, so the graph grows in place
+    index(data, tmp_path / "idx", tiny_model, "--index-type", "HNSW16")
+    appended = manifest(2)
+    assert appended["updated_in_place"] and appended["ntotal"] == 630 and appended["removed"] == 0
+    assert appended["search_params"] == manifest(1)["search_params"]
+    write_parquet(data, rows(630, edit={3}))  # a changed row must leave the graph: HNSW cannot, so rebuild
+    index(data, tmp_path / "idx", tiny_model, "--index-type", "HNSW16")
+    assert not manifest(3)["updated_in_place"] and manifest(3)["ntotal"] == 630
+    hits = json.loads(
+        run(
+            "query", rows(630, edit={3})[3]["text"], "--index-dir", tmp_path / "idx", "-k", "1", "--format", "json"
+        ).stdout
+    )
+    assert hits[0]["id"] == 3
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
