@@ -35,7 +35,7 @@ class ServeBenchConfig:
     model: str | None = None  # None: the packaged all-MiniLM-L6-v2
     cache_dir: Path = Path(".bench")
     clients: tuple[int, ...] = (1, 16)
-    requests: int = 400  # per (max_batch, clients) run, after the warm-up
+    requests: int = 1000  # per (max_batch, clients) run, after the warm-up (16 clients: a few seconds)
     warmup: int = 20
     k: int = 10
     max_batch: int = 64

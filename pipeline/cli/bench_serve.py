@@ -38,7 +38,7 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
 @click.option(
     "--requests",
     type=click.IntRange(min=1, max=1_000_000),
-    default=400,
+    default=1000,
     show_default=True,
     help="Requests per run (per max-batch setting and client count).",
 )
