@@ -148,9 +148,9 @@ def test_whole_run_against_a_server_subprocess(bench_setup: tuple[ServeBenchConf
     assert [c["clients"] for c in result["ceiling"]] == [1, 3]
     assert result["summary"]["ceiling_scaling"] > 0
     text = render_text(result)
-    assert "in-process ceiling" in text and "throughput 3 vs 1 client(s)" in text
+    assert "in process (the server's batcher" in text and "throughput 3 vs 1 client(s)" in text
     markdown = render_markdown(result, "bmsearch bench serve ...")
-    assert "| 64 | 3 | 12 | 0 |" in markdown and "about as far as batching can take" in markdown
+    assert "| 64 | 3 | 12 | 0 |" in markdown and "without HTTP" in markdown
     assert "thread(s), wait" in markdown and "aiohttp" in markdown
 
 

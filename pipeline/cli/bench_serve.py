@@ -85,8 +85,7 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
     type=click.IntRange(min=0),
     default=1024,
     show_default=True,
-    help="Queries per client count for the in-process ceiling (the server's batcher and searcher, no HTTP); "
-    "0 skips it.",
+    help="Queries per client count for the in-process figure (the server's batcher and searcher, no HTTP); 0 skips it.",
 )
 @click.option(
     "--gc-freeze/--no-gc-freeze",
@@ -124,8 +123,8 @@ def command(
 ) -> None:
     """Start `bmsearch serve` on 127.0.0.1 (a free port) over a cached index of IMDB sentences, drive it
     with N concurrent asyncio/aiohttp clients for a fixed number of requests and report QPS, p50/p95/p99
-    latency, CPU per request, the gain of micro-batching over --max-batch 1, and how far batching can take the
-    server, measured by its batcher and searcher in process without HTTP."""
+    latency, CPU per request, the gain of micro-batching over --max-batch 1, and the server's batcher and
+    searcher measured in process without HTTP."""
     from pipeline.bench_serve import ServeBenchConfig, render_markdown, render_text, run_serve_bench
 
     try:
