@@ -74,6 +74,32 @@ def per_query_weights(lists: Lists, weights: np.ndarray) -> np.ndarray:
     return np.array(rows).reshape(len(weights), 10)
 
 
+def group_lead(margin: float, most: int, slot: int | None = None) -> Rule:
+    """BM25's top m <= `most` hits lead (in fused order) when the m-th scores `margin` x s1 above the next; with
+    `slot`, BM25's top hit is then moved up to rank `slot` when it sits lower or outside the list."""
+
+    def rule(lists: Lists) -> np.ndarray:
+        _, fused = fuse_modes(lists, 100, FusionConfig(lead_margin=None))
+        scores, keys = lists["lexical"]
+        out = []
+        for i in range(len(keys)):
+            s, k = scores[i][keys[i] >= 0].astype(np.float64), keys[i][keys[i] >= 0]
+            row = [int(x) for x in fused[i] if x >= 0]
+            lead: list[int] = []
+            for m in range(1, most + 1):
+                if len(s) and s[0] > 0 and (s[m - 1] - (s[m] if len(s) > m else 0.0)) / s[0] >= margin:
+                    lead = sorted((int(x) for x in k[:m]), key=lambda x: row.index(x) if x in row else len(row))
+                    break
+            row = lead + [x for x in row if x not in lead]
+            if slot is not None and len(k) and int(k[0]) not in row[:slot]:
+                row = [x for x in row if x != int(k[0])]
+                row.insert(slot - 1, int(k[0]))
+            out.append((row + [-1] * 10)[:10])
+        return np.array(out, dtype=np.int64)
+
+    return rule
+
+
 def rules() -> dict[str, Rule]:
     def config(**kw: object) -> Rule:
         return lambda lists: fuse_modes(lists, 10, FusionConfig(**kw))[1]  # type: ignore[arg-type]
@@ -101,6 +127,11 @@ def rules() -> dict[str, Rule]:
     for tau in (0.05, 0.1, 0.12, 0.15, 0.18, 0.2, 0.25):
         out[f"lead if margin >= {tau}"] = config(lead_margin=tau)
     out["rrf lexical 0.2 + lead 0.15"] = config(method="rrf", lead_margin=0.15)
+    for most in (2, 3):
+        out[f"top m <= {most} lead if they stand out by 0.15"] = group_lead(0.15, most)
+    for slot in (2, 3, 5, 10):
+        out[f"lead 0.15, BM25 top hit kept in the first {slot}"] = group_lead(0.15, 1, slot)
+    out["top m <= 2 lead at 0.15, BM25 top hit in the first 10"] = group_lead(0.15, 2, 10)
     return out
 
 
