@@ -290,7 +290,7 @@ def run_index_bench(
             n = imdb_n
         else:
             raise DataError(f"unknown benchmark dataset {name!r} (synthetic, imdb)")
-        chosen = factories if factories is not None else default_factories(n)
+        chosen = factories if factories is not None else default_factories(n, vectors.shape[1], memory_budget)
         result["rows"] += bench_vectors(
             label,
             vectors,
@@ -304,10 +304,12 @@ def run_index_bench(
     return result
 
 
-def default_factories(n: int) -> list[str | None]:
-    """Flat, the automatic choice, and the alternatives it is weighed against."""
+def default_factories(n: int, d: int, memory_budget: str | None = None) -> list[str | None]:
+    """Flat, the automatic choice, and the alternatives it is weighed against (that choice itself left out)."""
     nlist = ann.default_nlist(n)
-    return ["Flat", None, "HNSW32", f"IVF{nlist},PQ64"]
+    auto = ann.choose_index(n, d, memory_budget).factory
+    others = [f"HNSW{ann.HNSW_M}", f"IVF{nlist},Flat", f"IVF{nlist},PQ64"]
+    return ["Flat", None, *(f for f in others if f != auto)]
 
 
 COLUMNS = [

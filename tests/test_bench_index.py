@@ -126,3 +126,12 @@ def test_imdb_embeddings_cache_and_resume(tmp_path: Path, tiny_model: Path) -> N
     assert not parts.exists() and (cache / "imdb_minilm_12.npy").is_file()
     again = bench_index.imdb_embeddings(path, 12, cache, model_dir="/nonexistent")  # served from the cache
     assert np.array_equal(np.asarray(again), out)
+
+
+def test_default_factories_weigh_the_automatic_choice_against_the_others() -> None:
+    from pipeline.bench_index import default_factories
+
+    # 200k x 384: auto is HNSW32, so HNSW32 is not listed twice
+    assert default_factories(200_000, 384) == ["Flat", None, "IVF1024,Flat", "IVF1024,PQ64"]
+    # 2M: auto is IVF-Flat, and HNSW32 is the alternative
+    assert default_factories(2_000_000, 384) == ["Flat", None, "HNSW32", "IVF2048,PQ64"]

@@ -40,7 +40,7 @@ from pipeline.cli.output import CliProgress, emit_json, format_table, handle_err
     "--index-type",
     "index_types",
     multiple=True,
-    help="FAISS factory string to try, or 'auto' (repeatable) [default: Flat, auto, HNSW32, IVF-PQ].",
+    help="FAISS factory string to try, or 'auto' (repeatable) [default: Flat, auto, and those of HNSW32, IVF-Flat and IVF-PQ that auto did not pick].",
 )
 @click.option("--memory-budget", default=None, help="Memory budget of the automatic choice, e.g. 4G.")
 @click.option("--latency-queries", type=click.IntRange(min=10), default=2000, show_default=True)
