@@ -35,7 +35,8 @@ class MicroBatcher(Generic[T, R]):
     about every batch (for metrics).
 
     With `workers` > 1, that many batches are processed at once (`process` must then be thread-safe):
-    while one worker computes, the next collects the requests that arrive meanwhile.
+    while one worker computes, the next collects the requests that arrive meanwhile. `thread_init` runs
+    first in each worker thread (per-thread settings such as OpenMP's thread count).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class MicroBatcher(Generic[T, R]):
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "micro-batcher",
         workers: int = 1,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -59,6 +61,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.thread_init = thread_init
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self._last_size = 0
@@ -109,6 +112,11 @@ class MicroBatcher(Generic[T, R]):
         self.close()
 
     def _loop(self) -> None:
+        if self.thread_init is not None:
+            try:
+                self.thread_init()
+            except Exception:
+                log.exception("thread_init failed")
         stopping = False
         while not stopping:
             first = self._queue.get()

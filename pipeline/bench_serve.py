@@ -378,6 +378,7 @@ def pipeline_ceiling(
         SearchJob,
         batch_wait_ms,
         batch_workers,
+        faiss_threads,
         freeze_loaded,
         process_jobs,
         serving_encoder,
@@ -400,6 +401,7 @@ def pipeline_ceiling(
                 max_wait_ms=batch_wait_ms(config.max_wait_ms, workers),
                 name="bench-ceiling",
                 workers=workers,
+                thread_init=faiss_threads(config.threads),
             )
             with batcher:
                 started = time.perf_counter()

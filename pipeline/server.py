@@ -310,26 +310,34 @@ def process_jobs(jobs: list[SearchJob], metrics: ServerMetrics | None = None) ->
 
 def serving_encoder(device: str, threads: int | None) -> EncoderConfig:
     """How a server runs its encoder: tokenising in the calling thread, `threads` (default 1) ONNX Runtime
-    and FAISS threads per batch that sleep between calls, and short token-budget batches.
+    threads per batch that sleep between calls, and short token-budget batches.
 
     A query is a few dozen tokens: a second thread on one forward pass costs CPU without lowering its
     latency, so a server gets its parallelism from several batches at once instead (see `batch_workers`).
     Length-sorted sub-batches of at most SERVING_TOKEN_BUDGET tokens spare the padding a batch of mixed
     lengths would pay (docs/benchmarks.md, "Server: one thread per batch").
     """
-    import faiss
-
     from pipeline.encode import EncoderConfig, resolve_device
 
-    threads = threads or 1
-    faiss.omp_set_num_threads(threads)
     return EncoderConfig(
         device=device,
         tokenizer_workers=0,
-        threads=threads,
+        threads=threads or 1,
         spin=False,
         token_budget=SERVING_TOKEN_BUDGET if resolve_device(device) == "cpu" else None,
     )
+
+
+def faiss_threads(threads: int | None) -> Callable[[], None]:
+    """What each batch worker runs first: FAISS's OpenMP thread count is a per-thread setting, so a worker
+    must set its own (`threads`, default 1) or search on every core."""
+
+    def setup() -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(threads or 1)
+
+    return setup
 
 
 def batch_wait_ms(max_wait_ms: float | None, workers: int) -> float:
@@ -438,6 +446,7 @@ class ServerState:
                 on_batch=self._on_batch,
                 name="bmsearch-batcher",
                 workers=workers,
+                thread_init=faiss_threads(cfg.threads),
             )
             if cfg.freeze_gc:
                 self._froze_gc = freeze_loaded()
@@ -789,7 +798,10 @@ __all__ = [
     "SearchResponse",
     "ServerConfig",
     "ServerState",
+    "batch_wait_ms",
+    "batch_workers",
     "create_app",
+    "faiss_threads",
     "freeze_loaded",
     "process_jobs",
     "serving_encoder",

@@ -131,7 +131,15 @@ def test_several_workers_process_batches_side_by_side_and_close_drains_them() ->
             done.extend(items)
         return [x + 100 for x in items]
 
-    batcher = MicroBatcher(process, max_batch=1, max_wait_ms=0, workers=2, name="pair")
+    initialised: list[str] = []
+    batcher = MicroBatcher(
+        process,
+        max_batch=1,
+        max_wait_ms=0,
+        workers=2,
+        name="pair",
+        thread_init=lambda: initialised.append(threading.current_thread().name),
+    )
     first = [batcher.submit(0), batcher.submit(1)]
     assert [f.result(timeout=10) for f in first] == [100, 101]
     rest = [batcher.submit(i) for i in range(2, 30)]
@@ -140,6 +148,7 @@ def test_several_workers_process_batches_side_by_side_and_close_drains_them() ->
     assert [f.result() for f in rest] == [i + 100 for i in range(2, 30)]
     assert sorted(done) == list(range(30))
     assert threads == {"pair-0", "pair-1"}
+    assert sorted(initialised) == ["pair-0", "pair-1"]  # once in each worker
     with pytest.raises(BatcherClosedError):
         batcher.submit(99)
 

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.batcher import MicroBatcher
 from pipeline.build import build_index
 from pipeline.config import BuildOptions
 from pipeline.encode import EncoderConfig
@@ -120,8 +121,6 @@ def test_gpu_server_answers_like_the_cpu_one(index_dir: Path, client: TestClient
 
 
 def test_cpu_serving_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    import faiss
-
     from pipeline import onnx_backend
     from pipeline.server import SERVING_TOKEN_BUDGET, batch_wait_ms, batch_workers, serving_encoder
 
@@ -134,11 +133,25 @@ def test_cpu_serving_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         False,
         0,
     )
-    assert faiss.omp_get_max_threads() == 1
+    assert serving_encoder("cpu", 2).threads == 2
     assert batch_workers("cpu", None) == 4 and batch_workers("cpu", 2) == 2
     assert batch_wait_ms(None, 4) == 0.0 and batch_wait_ms(None, 1) == 5.0 and batch_wait_ms(3.0, 4) == 3.0
-    assert serving_encoder("cpu", 2).threads == 2 and faiss.omp_get_max_threads() == 2
-    faiss.omp_set_num_threads(onnx_backend.os.cpu_count() or 1)
+
+
+def test_batch_workers_search_on_their_own_faiss_thread_count(client: TestClient) -> None:
+    import faiss
+
+    # OpenMP's thread count is per thread: each batch worker sets its own, whatever the loading thread did
+    batcher = client.app.state.bmsearch.batcher  # type: ignore[attr-defined]
+    seen: list[int] = []
+    probe: MicroBatcher[int, int] = MicroBatcher(
+        lambda items: seen.append(faiss.omp_get_max_threads()) or items,
+        max_wait_ms=0,
+        thread_init=batcher.thread_init,
+    )
+    with probe:
+        assert probe.submit(1).result(timeout=10) == 1
+    assert seen == [1]
 
 
 def test_loaded_objects_are_hidden_from_the_cyclic_gc(client: TestClient) -> None:
