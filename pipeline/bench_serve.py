@@ -401,7 +401,7 @@ def pipeline_ceiling(
                 max_wait_ms=batch_wait_ms(config.max_wait_ms, workers),
                 name="bench-ceiling",
                 workers=workers,
-                thread_init=faiss_threads(config.threads),
+                thread_init=faiss_threads(config.device, config.threads),
             )
             with batcher:
                 started = time.perf_counter()

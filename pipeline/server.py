@@ -61,7 +61,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 60.0
     max_queue: int = 10_000
-    threads: int | None = None  # CPU threads per batch for the encoder and FAISS; None: 1 (see serving_encoder)
+    threads: int | None = None  # CPU threads per batch for the encoder and FAISS; None: 1 on CPU (see faiss_threads)
     workers: int | None = None  # batches processed at once; None: one per core on CPU, 1 on a GPU
     warmup: bool = True  # encode one text at load so the first request is not slow
     freeze_gc: bool = True  # after loading, hide the loaded objects from the cyclic GC (the server owns its process)
@@ -328,14 +328,19 @@ def serving_encoder(device: str, threads: int | None) -> EncoderConfig:
     )
 
 
-def faiss_threads(threads: int | None) -> Callable[[], None]:
+def faiss_threads(device: str, threads: int | None) -> Callable[[], None]:
     """What each batch worker runs first: FAISS's OpenMP thread count is a per-thread setting, so a worker
-    must set its own (`threads`, default 1) or search on every core."""
+    must set its own. `threads`, else 1 on a CPU (batches run side by side, one worker per core) and every
+    core behind a GPU (one worker, whose search of a whole batch FAISS spreads over the cores)."""
+    from pipeline.encode import resolve_device
+    from pipeline.onnx_backend import available_cores
+
+    count = threads or (1 if resolve_device(device) == "cpu" else available_cores())
 
     def setup() -> None:
         import faiss
 
-        faiss.omp_set_num_threads(threads or 1)
+        faiss.omp_set_num_threads(count)
 
     return setup
 
@@ -446,7 +451,7 @@ class ServerState:
                 on_batch=self._on_batch,
                 name="bmsearch-batcher",
                 workers=workers,
-                thread_init=faiss_threads(cfg.threads),
+                thread_init=faiss_threads(cfg.device, cfg.threads),
             )
             if cfg.freeze_gc:
                 self._froze_gc = freeze_loaded()

@@ -154,6 +154,26 @@ def test_batch_workers_search_on_their_own_faiss_thread_count(client: TestClient
     assert seen == [1]
 
 
+def test_behind_a_gpu_faiss_gets_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    from pipeline import encode, onnx_backend
+    from pipeline.server import faiss_threads
+
+    monkeypatch.setattr(encode, "resolve_device", lambda device: device)
+    monkeypatch.setattr(onnx_backend, "available_cores", lambda: 3)
+    before = faiss.omp_get_max_threads()
+    try:
+        faiss_threads("cuda", None)()
+        assert faiss.omp_get_max_threads() == 3
+        faiss_threads("cuda", 2)()
+        assert faiss.omp_get_max_threads() == 2
+        faiss_threads("cpu", None)()
+        assert faiss.omp_get_max_threads() == 1
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_loaded_objects_are_hidden_from_the_cyclic_gc(client: TestClient) -> None:
     import gc
 

@@ -55,8 +55,8 @@ from pipeline.cli.output import handle_errors
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads per batch for the encoder and FAISS [default: 1; queries are short, and batches run "
-    "side by side instead].",
+    help="CPU threads per batch for the encoder and FAISS [default on a CPU: 1, as queries are short and "
+    "batches run side by side; behind a GPU, FAISS gets every core].",
 )
 @click.option(
     "--workers",
