@@ -312,8 +312,8 @@ def serving_encoder(device: str, threads: int | None) -> EncoderConfig:
     """How a server runs its encoder: tokenising in the calling thread, `threads` (default 1) ONNX Runtime
     threads per batch that sleep between calls, and short token-budget batches.
 
-    A query is a few dozen tokens: a second thread on one forward pass costs CPU without lowering its
-    latency, so a server gets its parallelism from several batches at once instead (see `batch_workers`).
+    A query is a few dozen tokens: a second thread on its forward pass buys 5-10% of latency for 25-40% more
+    CPU, so a server gets its parallelism from several batches at once instead (see `batch_workers`).
     Length-sorted sub-batches of at most SERVING_TOKEN_BUDGET tokens spare the padding a batch of mixed
     lengths would pay (docs/benchmarks.md, "Server: one thread per batch").
     """
