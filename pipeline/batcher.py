@@ -74,6 +74,11 @@ class MicroBatcher(Generic[T, R]):
             thread.start()
 
     @property
+    def workers(self) -> list[threading.Thread]:
+        """The worker threads."""
+        return list(self._threads)
+
+    @property
     def pending(self) -> int:
         """Items waiting for a batch (approximate)."""
         return self._queue.qsize()

@@ -462,7 +462,14 @@ class ServerState:
             return
         self.status = "ready"
         self.metrics.ready.set(1)
-        log.info("ready: %s", ", ".join(self.searchers))
+        batcher = self.batcher
+        log.info(
+            "ready: %s (%d batch worker(s), at most %d requests per batch, wait %g ms)",
+            ", ".join(self.searchers),
+            len(batcher.workers) if batcher is not None else 0,
+            self.config.max_batch,
+            batcher.max_wait_s * 1000 if batcher is not None else 0.0,
+        )
         if self.config.reload_interval_s > 0:
             watcher = threading.Thread(target=self._watch, name="bmsearch-reload", daemon=True)
             self._threads.append(watcher)

@@ -140,6 +140,7 @@ def test_several_workers_process_batches_side_by_side_and_close_drains_them() ->
         name="pair",
         thread_init=lambda: initialised.append(threading.current_thread().name),
     )
+    assert [t.name for t in batcher.workers] == ["pair-0", "pair-1"]
     first = [batcher.submit(0), batcher.submit(1)]
     assert [f.result(timeout=10) for f in first] == [100, 101]
     rest = [batcher.submit(i) for i in range(2, 30)]
