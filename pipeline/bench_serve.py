@@ -119,7 +119,7 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
     cached = read_manifest(paths.generation(current))["index"] if current is not None else None
     if cached is None or cached.get("factory") != _wanted_factory(config, cached):
         parquet = root / f"{name}.parquet"
-        if cached is None:
+        if cached is None or not parquet.exists():  # the same rows either way: ids and texts are the corpus's
             parquet.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_pylist(corpus), parquet)
         started = time.monotonic()
