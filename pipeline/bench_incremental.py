@@ -51,10 +51,18 @@ def _write(path: Path, texts: list[str], start: int) -> None:
 
 
 def run_incremental_bench(
-    model: str, n: int, data_dir: Path, backend: str = "auto", new_fraction: float = 0.01, work_dir: Path | None = None
+    model: str,
+    n: int,
+    data_dir: Path,
+    backend: str = "auto",
+    new_fraction: float = 0.01,
+    work_dir: Path | None = None,
+    changed_fraction: float = 0.0,
 ) -> dict[str, Any]:
-    """Time a full build of n rows, a re-run with n * new_fraction rows added in a new file, and a no-op."""
+    """Time a full build of n rows, a re-run with n * new_fraction rows added in a new file (and
+    n * changed_fraction of the first rows' texts edited, evenly spread), and a no-op."""
     added = max(1, int(n * new_fraction))
+    changed = int(n * changed_fraction)
     texts, what = corpus_texts(data_dir, n + added)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         root = Path(tmp)
@@ -73,6 +81,11 @@ def run_incremental_bench(
         runs["full"] = build_index(options).to_dict()
         runs["full"]["wall_s"] = time.perf_counter() - t0
         _write(root / "src" / "part-1.parquet", texts[n:], n)
+        if changed:
+            edited = list(texts[:n])
+            for i in range(0, n, n // changed)[:changed]:
+                edited[i] += " (edited)"
+            _write(root / "src" / "part-0.parquet", edited, 0)
         t0 = time.perf_counter()
         runs["incremental"] = build_index(options).to_dict()
         runs["incremental"]["wall_s"] = time.perf_counter() - t0
@@ -83,6 +96,7 @@ def run_incremental_bench(
     return {
         "rows": n,
         "added": added,
+        "changed": changed,
         "corpus": what,
         "model": model,
         "backend": backend,
@@ -95,13 +109,17 @@ def run_incremental_bench(
 
 def markdown_section(result: dict[str, Any], command: str) -> str:
     m = result["machine"]
+    changed = result.get("changed", 0)
+    edits = f", {changed} changed ({changed / result['rows']:.0%})" if changed else ""
     lines = [
-        f"## Scheduled runs: full build, +{result['added']} rows ({result['added'] / result['rows']:.0%}), no-op",
+        f"## Scheduled runs: full build, +{result['added']} rows ({result['added'] / result['rows']:.0%}){edits}, "
+        "no-op",
         "",
         f"Command: `{command}`  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, no GPU; load average at start "
         f"{m['load_avg_at_start']}  ",
-        f"Corpus: {result['corpus']}; model `{result['model']}`, backend {result['backend']}",
+        f"Corpus: {result['corpus']}; model `{result['model']}`, backend {result['backend']}; "
+        f"index {result['runs']['full'].get('index_type', '-')}",
         "",
         "| run | rows | encoded | wall s | ingest s | encode s | index s | lexical s | share of full |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -35,6 +35,17 @@ def test_bench_incremental_measures_three_real_runs(tiny_model: Path, tmp_path: 
     assert text.startswith("# Benchmarks") and "| incremental | 303 | 3 |" in text
 
 
+def test_bench_incremental_with_changed_rows(tiny_model: Path, tmp_path: Path) -> None:
+    record = tmp_path / "bench.md"
+    args = ["--model", tiny_model, "--rows", "300", "--backend", "torch", "--data-dir", tmp_path / "no-data"]
+    result = run("bench", "incremental", *args, "--changed-fraction", "0.02", "--json", "--record", record)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    incremental = out["runs"]["incremental"]
+    assert out["changed"] == 6 and (incremental["new"], incremental["changed"], incremental["encoded"]) == (3, 6, 9)
+    assert "+3 rows (1%), 6 changed (2%), no-op" in record.read_text() and "index Flat" in record.read_text()
+
+
 def test_bench_memory_measures_child_processes(tiny_model: Path, tmp_path: Path) -> None:
     result = run(
         "bench", "memory", "--rows", "200,400", "--model", tiny_model, "--data-dir", tmp_path / "none", "--json"
