@@ -14,11 +14,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.bench_common import default_model, machine_info, shared_data_dir
 from pipeline.errors import DataError, UsageError
 from pipeline.progress import NoProgress, Progress
+
+if TYPE_CHECKING:
+    from pipeline.server import BatchPlan
 
 IMDB_FILE = Path("imdb") / "aclImdb_reviews.jsonl.gz"
 SENTENCE_WORDS = 24  # about 32 word-piece tokens for English prose
@@ -169,20 +172,10 @@ def free_port() -> int:
 
 
 def serve_command(
-    index_dir: str,
-    name: str,
-    model: str,
-    port: int,
-    max_batch: int,
-    max_wait_ms: float | None,
-    device: str,
-    threads: int | None = None,
-    gc_freeze: bool = True,
-    workers: int | None = None,
-    http: str = "auto",
-    loop: str = "auto",
+    index_dir: str, name: str, model: str, port: int, max_batch: int, config: ServeBenchConfig
 ) -> list[str]:
-    """The `bmsearch serve` command line of the benchmark's server (this interpreter, loopback, no reload)."""
+    """The `bmsearch serve` command line of the benchmark's server (this interpreter, loopback, no reload):
+    the config's server settings, each passed only when it is not the server's own default."""
     return [
         sys.executable,
         "-c",
@@ -199,46 +192,30 @@ def serve_command(
         "--max-batch",
         str(max_batch),
         "--device",
-        device,
+        config.device,
         "--model",
         model,
         "--reload-interval",
         "0",
         "--log-level",
         "warning",
-        "--gc-freeze" if gc_freeze else "--no-gc-freeze",
-        *(["--threads", str(threads)] if threads else []),
-        *(["--workers", str(workers)] if workers else []),
-        *(["--max-wait-ms", str(max_wait_ms)] if max_wait_ms is not None else []),
-        *(["--http", http] if http != "auto" else []),
-        *(["--loop", loop] if loop != "auto" else []),
+        "--gc-freeze" if config.gc_freeze else "--no-gc-freeze",
+        *(["--threads", str(config.threads)] if config.threads else []),
+        *(["--workers", str(config.workers)] if config.workers else []),
+        *(["--max-wait-ms", str(config.max_wait_ms)] if config.max_wait_ms is not None else []),
+        *(["--http", config.http] if config.http != "auto" else []),
+        *(["--loop", config.loop] if config.loop != "auto" else []),
     ]
 
 
 class ServerProcess:
     """`bmsearch serve` in a subprocess on 127.0.0.1 and a free port (client and server do not share a GIL)."""
 
-    def __init__(
-        self,
-        index_dir: str,
-        name: str,
-        model: str,
-        max_batch: int,
-        max_wait_ms: float | None,
-        device: str,
-        extra_env: dict[str, str] | None = None,
-        threads: int | None = None,
-        gc_freeze: bool = True,
-        workers: int | None = None,
-        http: str = "auto",
-        loop: str = "auto",
-    ) -> None:
+    def __init__(self, index_dir: str, name: str, model: str, max_batch: int, config: ServeBenchConfig) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = serve_command(
-            index_dir, name, model, self.port, max_batch, max_wait_ms, device, threads, gc_freeze, workers, http, loop
-        )
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
+        args = serve_command(index_dir, name, model, self.port, max_batch, config)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **config.extra_env}
         env.pop("BMSEARCH_API_KEY", None)
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -373,18 +350,10 @@ def pipeline_ceiling(
     from pipeline.batcher import MicroBatcher
     from pipeline.layout import IndexPaths
     from pipeline.search import Searcher
-    from pipeline.server import (
-        JobResult,
-        SearchJob,
-        batch_wait_ms,
-        batch_workers,
-        faiss_threads,
-        freeze_loaded,
-        process_jobs,
-        serving_encoder,
-    )
+    from pipeline.server import JobResult, SearchJob, freeze_loaded, process_jobs, serving_encoder
 
-    encoder = serving_encoder(config.device, config.threads)
+    plan = _plan(config)
+    encoder = serving_encoder(config.device, plan.threads)
     searcher = Searcher(IndexPaths.of(index["index_dir"], index["name"]), model=index["model_path"], encoder=encoder)
     froze = False
     try:
@@ -394,14 +363,13 @@ def pipeline_ceiling(
         for clients in client_counts:
             # the same queries for every count, so only the concurrency differs
             texts = [queries[i % len(queries)] for i in range(config.ceiling_queries)]
-            workers = batch_workers(config.device, config.workers)
             batcher: MicroBatcher[SearchJob, JobResult] = MicroBatcher(
                 process_jobs,
                 max_batch=config.max_batch,
-                max_wait_ms=batch_wait_ms(config.max_wait_ms, workers),
+                max_wait_ms=plan.max_wait_ms,
                 name="bench-ceiling",
-                workers=workers,
-                thread_init=faiss_threads(config.device, config.threads),
+                workers=plan.workers,
+                thread_init=plan.worker_setup,
             )
             with batcher:
                 started = time.perf_counter()
@@ -440,20 +408,7 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
         ceiling = pipeline_ceiling(index, queries, config, counts, progress)
     runs: list[dict[str, Any]] = []
     for max_batch in settings:
-        server = ServerProcess(
-            index["index_dir"],
-            index["name"],
-            index["model_path"],
-            max_batch,
-            config.max_wait_ms,
-            config.device,
-            config.extra_env,
-            config.threads,
-            config.gc_freeze,
-            config.workers,
-            config.http,
-            config.loop,
-        )
+        server = ServerProcess(index["index_dir"], index["name"], index["model_path"], max_batch, config)
         try:
             server.wait_ready(config.startup_timeout_s)
             for clients in config.clients:
@@ -490,17 +445,22 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
     }
 
 
+def _plan(config: ServeBenchConfig) -> BatchPlan:
+    """The batching the benchmark's server resolves from the config, as the server itself does."""
+    from pipeline.server import batch_plan
+
+    return batch_plan(config.device, config.threads, config.workers, config.max_wait_ms)
+
+
 def server_settings(config: ServeBenchConfig) -> dict[str, Any]:
     """What the benchmark's server runs with, defaults resolved as the server resolves them."""
     from importlib.util import find_spec
 
-    from pipeline.server import batch_wait_ms, batch_workers
-
-    workers = batch_workers(config.device, config.workers)
+    plan = _plan(config)
     return {
-        "workers": workers,
-        "threads": config.threads or 1,
-        "max_wait_ms": batch_wait_ms(config.max_wait_ms, workers),
+        "workers": plan.workers,
+        "threads": plan.threads,
+        "max_wait_ms": plan.max_wait_ms,
         # as uvicorn resolves "auto"
         "loop": config.loop if config.loop != "auto" else ("uvloop" if find_spec("uvloop") else "asyncio"),
         "http": config.http if config.http != "auto" else ("httptools" if find_spec("httptools") else "h11"),

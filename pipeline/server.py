@@ -61,8 +61,8 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 60.0
     max_queue: int = 10_000
-    threads: int | None = None  # CPU threads per batch for the encoder and FAISS; None: 1 on CPU (see faiss_threads)
-    workers: int | None = None  # batches processed at once; None: one per core on CPU, 1 on a GPU
+    threads: int | None = None  # CPU threads per batch for the encoder and FAISS; None: see batch_plan
+    workers: int | None = None  # batches processed at once; None: see batch_plan
     warmup: bool = True  # encode one text at load so the first request is not slow
     freeze_gc: bool = True  # after loading, hide the loaded objects from the cyclic GC (the server owns its process)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -313,7 +313,7 @@ def serving_encoder(device: str, threads: int | None) -> EncoderConfig:
     threads per batch that sleep between calls, and short token-budget batches.
 
     A query is a few dozen tokens: a second thread on its forward pass buys 5-10% of latency for 25-40% more
-    CPU, so a server gets its parallelism from several batches at once instead (see `batch_workers`).
+    CPU, so a server gets its parallelism from several batches at once instead (see `batch_plan`).
     Length-sorted sub-batches of at most SERVING_TOKEN_BUDGET tokens spare the padding a batch of mixed
     lengths would pay (docs/benchmarks.md, "Server: one thread per batch").
     """
@@ -328,41 +328,43 @@ def serving_encoder(device: str, threads: int | None) -> EncoderConfig:
     )
 
 
-def faiss_threads(device: str, threads: int | None) -> Callable[[], None]:
-    """What each batch worker runs first: FAISS's OpenMP thread count is a per-thread setting, so a worker
-    must set its own. `threads`, else 1 on a CPU (batches run side by side, one worker per core) and every
-    core behind a GPU (one worker, whose search of a whole batch FAISS spreads over the cores)."""
-    from pipeline.encode import resolve_device
-    from pipeline.onnx_backend import available_cores
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a server batches on its device, every default resolved (see `batch_plan`)."""
 
-    count = threads or (1 if resolve_device(device) == "cpu" else available_cores())
+    workers: int  # batches processed at once
+    threads: int  # encoder threads per batch
+    faiss_threads: int  # FAISS (OpenMP) threads in each worker
+    max_wait_ms: float  # how long a batch waits for company
 
-    def setup() -> None:
+    def worker_setup(self) -> None:
+        """Run first in each batch worker: OpenMP's thread count is per thread, so each worker sets its own."""
         import faiss
 
-        faiss.omp_set_num_threads(count)
-
-    return setup
+        faiss.omp_set_num_threads(self.faiss_threads)
 
 
-def batch_wait_ms(max_wait_ms: float | None, workers: int) -> float:
-    """How long a batch waits for company: `max_wait_ms`, else 0 with several workers (while one computes,
-    the requests arriving meanwhile gather for the next, and waiting would only idle a worker) and 5 ms
-    with one."""
-    if max_wait_ms is not None:
-        return max_wait_ms
-    return 0.0 if workers > 1 else 5.0
+def batch_plan(
+    device: str, threads: int | None = None, workers: int | None = None, max_wait_ms: float | None = None
+) -> BatchPlan:
+    """The given settings, else the defaults for the device.
 
-
-def batch_workers(device: str, workers: int | None) -> int:
-    """Batches a server processes at once: `workers`, else one per core on CPU and one on a GPU (where one
-    batch already fills the device)."""
+    On a CPU: one worker per core, each batch on one encoder and one FAISS thread, and no wait with several
+    workers (while one computes, the requests arriving meanwhile gather for the next; waiting would only
+    idle a worker). Behind a GPU: one worker (one batch already fills the device) that waits up to 5 ms, and
+    whose search of a whole batch FAISS spreads over every core.
+    """
     from pipeline.encode import resolve_device
     from pipeline.onnx_backend import available_cores
 
-    if workers:
-        return workers
-    return available_cores() if resolve_device(device) == "cpu" else 1
+    on_cpu = resolve_device(device) == "cpu"
+    workers = workers or (available_cores() if on_cpu else 1)
+    return BatchPlan(
+        workers=workers,
+        threads=threads or 1,
+        faiss_threads=threads or (1 if on_cpu else available_cores()),
+        max_wait_ms=max_wait_ms if max_wait_ms is not None else (0.0 if workers > 1 else 5.0),
+    )
 
 
 def freeze_loaded() -> bool:
@@ -429,7 +431,8 @@ class ServerState:
                 paths = list_indexes(cfg.index_dir)
                 if not paths:
                     raise IndexNotFoundError(f"no index in {cfg.index_dir}; build one with `bmsearch index`")
-            encoder = serving_encoder(cfg.device, cfg.threads)
+            plan = batch_plan(cfg.device, cfg.threads, cfg.workers, cfg.max_wait_ms)
+            encoder = serving_encoder(cfg.device, plan.threads)
             searchers: dict[str, Searcher] = {}
             for p in paths:
                 if self._stop.is_set():
@@ -442,16 +445,15 @@ class ServerState:
                 searchers[p.name] = searcher
                 self._publish(p.name, searcher)
             self.searchers = searchers
-            workers = batch_workers(cfg.device, cfg.workers)
             self.batcher = MicroBatcher(
                 lambda jobs: process_jobs(jobs, self.metrics),
                 max_batch=cfg.max_batch,
-                max_wait_ms=batch_wait_ms(cfg.max_wait_ms, workers),
+                max_wait_ms=plan.max_wait_ms,
                 max_queue=cfg.max_queue,
                 on_batch=self._on_batch,
                 name="bmsearch-batcher",
-                workers=workers,
-                thread_init=faiss_threads(cfg.device, cfg.threads),
+                workers=plan.workers,
+                thread_init=plan.worker_setup,
             )
             if cfg.freeze_gc:
                 self._froze_gc = freeze_loaded()
@@ -803,6 +805,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 __all__ = [
     "OPS",
     "ApiError",
+    "BatchPlan",
     "ErrorResponse",
     "FilterCondition",
     "SearchJob",
@@ -810,10 +813,8 @@ __all__ = [
     "SearchResponse",
     "ServerConfig",
     "ServerState",
-    "batch_wait_ms",
-    "batch_workers",
+    "batch_plan",
     "create_app",
-    "faiss_threads",
     "freeze_loaded",
     "process_jobs",
     "serving_encoder",

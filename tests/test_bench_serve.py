@@ -56,16 +56,18 @@ def test_mean_batch_size_reads_the_histogram() -> None:
 
 
 def test_serve_command_passes_threads_and_gc_freeze() -> None:
-    plain = serve_command("idx", "docs", "m", 8123, 64, 5.0, "cpu")
+    plain = serve_command("idx", "docs", "m", 8123, 64, ServeBenchConfig(max_wait_ms=5.0))
     assert "--threads" not in plain and "--gc-freeze" in plain
     assert plain[plain.index("--port") + 1] == "8123" and plain[plain.index("--index") + 1] == "docs"
     assert "--workers" not in plain and plain[plain.index("--max-wait-ms") + 1] == "5.0"
-    assert "--max-wait-ms" not in serve_command("idx", "docs", "m", 8123, 64, None, "cpu")  # the server's default
-    tuned = serve_command("idx", "docs", "m", 8123, 1, 0.0, "cpu", threads=1, gc_freeze=False, workers=3)
+    assert "--max-wait-ms" not in serve_command("idx", "docs", "m", 8123, 64, ServeBenchConfig())  # its default
+    tuned = serve_command(
+        "idx", "docs", "m", 8123, 1, ServeBenchConfig(max_wait_ms=0.0, threads=1, gc_freeze=False, workers=3)
+    )
     assert tuned[tuned.index("--threads") + 1] == "1" and "--no-gc-freeze" in tuned
     assert tuned[tuned.index("--max-batch") + 1] == "1" and tuned[tuned.index("--workers") + 1] == "3"
     assert "--http" not in tuned and "--loop" not in tuned
-    baseline = serve_command("idx", "docs", "m", 8123, 64, None, "cpu", http="h11", loop="asyncio")
+    baseline = serve_command("idx", "docs", "m", 8123, 64, ServeBenchConfig(http="h11", loop="asyncio"))
     assert baseline[baseline.index("--http") + 1] == "h11" and baseline[baseline.index("--loop") + 1] == "asyncio"
 
 

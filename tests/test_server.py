@@ -122,7 +122,7 @@ def test_gpu_server_answers_like_the_cpu_one(index_dir: Path, client: TestClient
 
 def test_cpu_serving_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline import onnx_backend
-    from pipeline.server import SERVING_TOKEN_BUDGET, batch_wait_ms, batch_workers, serving_encoder
+    from pipeline.server import SERVING_TOKEN_BUDGET, batch_plan, serving_encoder
 
     monkeypatch.setattr(onnx_backend, "available_cores", lambda: 4)
     # one thread per forward pass, short length-sorted sub-batches, one batch worker per core, no wait
@@ -134,8 +134,10 @@ def test_cpu_serving_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         0,
     )
     assert serving_encoder("cpu", 2).threads == 2
-    assert batch_workers("cpu", None) == 4 and batch_workers("cpu", 2) == 2
-    assert batch_wait_ms(None, 4) == 0.0 and batch_wait_ms(None, 1) == 5.0 and batch_wait_ms(3.0, 4) == 3.0
+    assert batch_plan("cpu").workers == 4 and batch_plan("cpu", workers=2).workers == 2
+    assert batch_plan("cpu").max_wait_ms == 0.0 and batch_plan("cpu", workers=1).max_wait_ms == 5.0
+    assert batch_plan("cpu", max_wait_ms=3.0).max_wait_ms == 3.0
+    assert (batch_plan("cpu").threads, batch_plan("cpu").faiss_threads) == (1, 1)
 
 
 def test_batch_workers_search_on_their_own_faiss_thread_count(client: TestClient) -> None:
@@ -158,17 +160,17 @@ def test_behind_a_gpu_faiss_gets_every_core(monkeypatch: pytest.MonkeyPatch) -> 
     import faiss
 
     from pipeline import encode, onnx_backend
-    from pipeline.server import faiss_threads
+    from pipeline.server import batch_plan
 
     monkeypatch.setattr(encode, "resolve_device", lambda device: device)
     monkeypatch.setattr(onnx_backend, "available_cores", lambda: 3)
     before = faiss.omp_get_max_threads()
     try:
-        faiss_threads("cuda", None)()
+        batch_plan("cuda").worker_setup()
         assert faiss.omp_get_max_threads() == 3
-        faiss_threads("cuda", 2)()
+        batch_plan("cuda", threads=2).worker_setup()
         assert faiss.omp_get_max_threads() == 2
-        faiss_threads("cpu", None)()
+        batch_plan("cpu").worker_setup()
         assert faiss.omp_get_max_threads() == 1
     finally:
         faiss.omp_set_num_threads(before)
