@@ -56,6 +56,8 @@ def device_option(func: F) -> F:
     )(func)
 
 
+HTTP_PARSERS = ("auto", "h11", "httptools")  # uvicorn's --http choices (auto: httptools when installed)
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")  # uvicorn's --loop choices (auto: uvloop when installed)
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # pipeline.encode.BACKENDS, kept here so --help stays light
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import device_option, index_dir_option
+from pipeline.cli.options import EVENT_LOOPS, HTTP_PARSERS, device_option, index_dir_option
 from pipeline.cli.output import handle_errors
 
 
@@ -73,14 +73,14 @@ from pipeline.cli.output import handle_errors
 )
 @click.option(
     "--http",
-    type=click.Choice(["auto", "h11", "httptools"]),
+    type=click.Choice(HTTP_PARSERS),
     default="auto",
     show_default=True,
     help="uvicorn's HTTP parser (auto: httptools when installed).",
 )
 @click.option(
     "--loop",
-    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    type=click.Choice(EVENT_LOOPS),
     default="auto",
     show_default=True,
     help="uvicorn's event loop (auto: uvloop when installed).",
