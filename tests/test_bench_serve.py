@@ -136,6 +136,21 @@ def test_another_index_type_is_rebuilt_from_the_cached_embeddings(
     assert prepare_index(config)["built_s"] is None
 
 
+def test_a_bad_index_type_is_one_line_and_keeps_the_cached_index(
+    bench_setup: tuple[ServeBenchConfig, dict[str, Any]],
+) -> None:
+    from dataclasses import replace
+
+    from pipeline.errors import IndexBuildError
+
+    config, index = bench_setup
+    with pytest.raises(IndexBuildError, match="invalid index type") as err:
+        prepare_index(replace(config, index_type="IVF-nonsense"))
+    assert "\n" not in str(err.value)
+    kept = prepare_index(config)
+    assert kept["built_s"] is None and kept["index_type"] == index["index_type"] and kept["rows"] == 120
+
+
 def test_pipeline_ceiling_runs_every_client_count(bench_setup: tuple[ServeBenchConfig, dict[str, Any]]) -> None:
     config, index = bench_setup
     out = pipeline_ceiling(index, index["queries"], config, (1, 4))
