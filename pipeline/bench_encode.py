@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.bench_common import default_model, machine_info, shared_data_dir
-from pipeline.encode import Encoder, EncoderConfig
+from pipeline.encode import Encoder, EncoderConfig, EncoderStats
 from pipeline.errors import DataError, UsageError
 from pipeline.model import resolve_model
 from pipeline.progress import NoProgress, Progress
@@ -304,6 +304,7 @@ def _measure(
 
     pass_seconds: list[float] = []
     peak = 0
+    encoder.stats = EncoderStats()
     for i in range(max(1, config.passes)):
         progress.stage(f"bmsearch Parquet -> embeddings -> .npy shards, pass {i + 1}", total=len(texts))
         shard_dir = work / f"shards-{i}"
@@ -324,6 +325,8 @@ def _measure(
             precision=encoder.precision,
             token_budget=encoder.token_budget,
             pass_seconds=pass_seconds,
+            padding=encoder.stats.padding,
+            forward_passes=encoder.stats.batches // max(1, config.passes),
         )
     )
     ours = np.concatenate([np.load(p) for p in sorted(shard_dir.glob("*.npy"))])

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.batching import BucketStream, ChunkResults, Launch, padded_tokens, plan_batches
 from pipeline.errors import ModelError, UsageError
 from pipeline.model import ModelRef, load_sentence_transformer, pooling_mode
 from pipeline.onnx_backend import available_cores
@@ -28,6 +29,11 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 CPU_DEFAULT_BACKEND = "onnx-int8"
 # encode() pipelines inputs longer than this through encode_chunks so tokenising overlaps the forward pass.
 _ENCODE_PIPELINE_ROWS = 4_096
+# Launches queued on a GPU at once: the device works through one while the host prepares the next.
+_MAX_INFLIGHT = 2
+# Batching across chunks takes tokenised rows in pieces of at most this many, so a launch need not wait
+# for a whole chunk.
+_STREAM_PIECE_ROWS = 1_024
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ class EncoderConfig:
     multi_gpu: bool | None = None  # one replica per visible GPU; None: on when device is auto/cuda
     devices: tuple[str, ...] | None = None  # explicit data-parallel replicas, e.g. ("cuda:0", "cuda:1")
     prefetch_chunks: int = 2  # chunks tokenised ahead of the forward pass in encode_chunks
-    group_tokens: int | None = None  # encode_chunks joins chunks up to this many tokens per launch; None: auto
+    group_tokens: int | None = None  # >1: encode_chunks batches across chunks, launching this many tokens; None: auto
     threads: int | None = None  # CPU threads for the forward pass; None: cores not used by tokeniser workers
     spin: bool = True  # ONNX Runtime's idle threads spin between calls: fastest for batch jobs, not for a server
 
@@ -98,28 +104,35 @@ def default_tokenizer_workers(device: str, cores: int) -> int:
     return 0 if cores < 8 else cores // 8
 
 
-def plan_batches(lengths: np.ndarray, token_budget: int, max_rows: int | None) -> list[np.ndarray]:
-    """Group row positions, longest first, into batches whose padded size fits the token budget."""
-    order = np.argsort(-lengths, kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    n = len(order)
-    while start < n:
-        longest = max(int(lengths[order[start]]), 1)
-        rows = max(token_budget // longest, 1)
-        if max_rows:
-            rows = min(rows, max_rows)
-        batches.append(order[start : start + rows])
-        start += rows
-    return batches
+@dataclass(frozen=True)
+class Running:
+    """A launched set of forward passes: wait() returns their embeddings, done() says if that would not block."""
+
+    wait: Callable[[], np.ndarray]
+    done: Callable[[], bool] = lambda: True
+
+
+@dataclass
+class EncoderStats:
+    """What the encoder has embedded: rows, their tokens, and the tokens its padded batches computed."""
+
+    rows: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+
+    @property
+    def padding(self) -> float:
+        """Computed tokens per real token (1.0: no padding)."""
+        return self.padded_tokens / self.tokens if self.tokens else 1.0
 
 
 class Encoder:
     """Encodes texts with a sentence-transformers model's weights, mean pooling and L2 normalisation.
 
-    Tokenises without padding (in the background for encode_chunks), sorts by length, pads each
-    token-budget batch only to its own longest row and pools inside the model's runtime; results come
-    back in input order.
+    Tokenises without padding (in the background for encode_chunks), batches rows of similar length
+    (length-sorted per chunk on CPU, width buckets across chunks on a GPU), pads each token-budget batch
+    only to its own longest row and pools inside the model's runtime; results come back in input order.
     """
 
     def __init__(self, ref: ModelRef, config: EncoderConfig | None = None) -> None:
@@ -151,6 +164,7 @@ class Encoder:
         self._pool: TokenizerPool | None = None
         self._local = TokenizerPool(self.tokenizer, self.max_seq_length, workers=0)
         self.int8_check: dict[str, float] | None = None
+        self.stats = EncoderStats()
         self._runner: _TorchRunner | _OnnxModel
         on_gpu = self.device.startswith("cuda")
         if self.backend == "torch":
@@ -198,57 +212,102 @@ class Encoder:
     def encode_chunks(self, chunks: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
         """One embedding array per chunk of texts, in order.
 
-        Tokenises up to prefetch_chunks ahead, joins small chunks into groups of about group_tokens
-        (length sorting then sees more rows), and on a GPU launches the next group before it waits
-        for the previous one, so the device is not idle while the host collects results.
+        Tokenises up to prefetch_chunks ahead. On CPU each chunk is one launch of length-sorted batches.
+        Where launches are grouped (group_tokens > 1, the GPU default), rows are batched by width across
+        chunks (`BucketStream`), a launch goes out once about group_tokens of full batches are ready, and
+        on a GPU the next launch is queued before the previous one is waited for, so the device is not
+        idle while the host collects results.
         """
+        if self.group_tokens > 1:
+            return self._encode_streamed(chunks)
+        return self._encode_each(chunks)
+
+    def _encode_each(self, chunks: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
         pool = self._tokenizer_pool()
         submitted: deque[PendingTokens] = deque()
-        group: list[TokenBatch] = []
-        group_tokens = 0
-        inflight: _Launched | None = None
         lookahead = max(1, self.config.prefetch_chunks)
-
-        def launch() -> Iterator[np.ndarray]:
-            nonlocal group, group_tokens, inflight
-            tokens = TokenBatch.concat(group)
-            sizes = [len(t) for t in group]
-            group, group_tokens = [], 0
-            launched = _Launched(self._launch(tokens), sizes)
-            if not self._launch_ahead:
-                yield from launched.split()  # computed already: nothing to overlap with
-                return
-            previous, inflight = inflight, launched
-            if previous is not None:
-                yield from previous.split()
-
-        def collect(keep: int) -> Iterator[np.ndarray]:
-            """Take tokenised chunks until `keep` are left in flight; launch full groups and the last one."""
-            nonlocal group_tokens
-            while len(submitted) > keep:
-                group.append(submitted.popleft().result())
-                group_tokens += len(group[-1].ids)
-                if group_tokens >= self.group_tokens or not submitted:
-                    yield from launch()
-
         for chunk in chunks:
             submitted.append(pool.submit(chunk))
+            while len(submitted) > lookahead:
+                yield self._launch(submitted.popleft().result()).wait()
+        while submitted:
+            yield self._launch(submitted.popleft().result()).wait()
+
+    def _encode_streamed(self, chunks: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
+        pool = self._tokenizer_pool()
+        submitted: deque[tuple[int, PendingTokens]] = deque()
+        stream = BucketStream(self.token_budget, self.batch_size)
+        results = ChunkResults(self.dim)
+        inflight: deque[tuple[Launch, Running]] = deque()
+        chunk_tokens: list[int] = []
+
+        def lookahead() -> int:
+            """Chunks to keep tokenising: the configured count, or about two launches' worth of tokens
+            when more, so the tokenisers have work while this thread waits for the device."""
+            if not chunk_tokens:
+                return max(1, self.config.prefetch_chunks)
+            per_chunk = max(1, sum(chunk_tokens) // len(chunk_tokens))
+            return max(1, self.config.prefetch_chunks, -(-2 * self.group_tokens // per_chunk))
+
+        def harvest(block: bool) -> Iterator[np.ndarray]:
+            """Fill in the launches that have finished (with block, at least the oldest), in order."""
+            while inflight and (block or inflight[0][1].done()):
+                unit, running = inflight.popleft()
+                results.fill(unit.parts, running.wait())
+                block = False
+            yield from results.completed()
+
+        def launch(flush: bool, fill: int = 0) -> Iterator[np.ndarray]:
+            unit = stream.take(flush, fill)
+            if unit is not None:
+                self._count(unit.tokens.lengths, unit.batches)
+                inflight.append((unit, self._runner.launch(unit.tokens, unit.batches, self.dim)))
+            while len(inflight) > (_MAX_INFLIGHT if self._launch_ahead else 0):
+                yield from harvest(block=True)
+
+        def collect(keep: Callable[[], int]) -> Iterator[np.ndarray]:
+            while len(submitted) > keep():
+                rows, pending = submitted.popleft()
+                chunk, offset = results.open(rows), 0
+                chunk_tokens.append(0)
+                for tokens in pending.pieces():
+                    results.place(stream.add(tokens), chunk, offset)
+                    offset += len(tokens)
+                    chunk_tokens[-1] += len(tokens.ids)
+                    yield from harvest(block=False)
+                    if stream.ready_tokens >= self.group_tokens or stream.aged():
+                        yield from launch(flush=False)
+                    elif self._launch_ahead and len(inflight) < _MAX_INFLIGHT:
+                        # Keep the device's queue from running dry: a group's worth, partial buckets included.
+                        yield from launch(flush=False, fill=self.group_tokens)
+
+        for chunk in chunks:
+            submitted.append((len(chunk), pool.submit(chunk, _STREAM_PIECE_ROWS)))
             yield from collect(lookahead)
-        yield from collect(0)
-        if inflight is not None:
-            yield from inflight.split()
+        yield from collect(lambda: 0)
+        yield from launch(flush=True)
+        while inflight:
+            yield from harvest(block=True)
+        yield from results.completed()
 
     def embed_tokens(self, tokens: TokenBatch) -> np.ndarray:
         """Embeddings of already tokenised rows, in their order."""
-        return self._launch(tokens)()
+        return self._launch(tokens).wait()
 
-    def _launch(self, tokens: TokenBatch) -> Callable[[], np.ndarray]:
-        """Start embedding tokens; the returned function waits for the result (rows in tokens' order)."""
+    def _launch(self, tokens: TokenBatch) -> Running:
+        """Start embedding tokens; the result's wait() returns the embeddings (rows in tokens' order)."""
         if not len(tokens):
             empty = np.empty((0, self.dim), dtype=np.float32)
-            return lambda: empty
+            return Running(lambda: empty)
         batches = plan_batches(tokens.lengths, self.token_budget, self.batch_size)
+        self._count(tokens.lengths, batches)
         return self._runner.launch(tokens, batches, self.dim)
+
+    def _count(self, lengths: np.ndarray, batches: list[np.ndarray]) -> None:
+        self.stats.rows += len(lengths)
+        self.stats.tokens += int(lengths.sum())
+        self.stats.padded_tokens += padded_tokens(lengths, batches, self._runner.pad_multiple)
+        self.stats.batches += len(batches)
 
     def close(self) -> None:
         """Stop the tokeniser workers (they restart on the next encode_chunks)."""
@@ -296,31 +355,18 @@ class Encoder:
         return _OnnxModel(int8)
 
 
-class _Launched:
-    """A launched group of chunks: waits for its embeddings and splits them back into the chunks."""
-
-    def __init__(self, wait: Callable[[], np.ndarray], sizes: list[int]) -> None:
-        self.wait = wait
-        self.sizes = sizes
-
-    def split(self) -> Iterator[np.ndarray]:
-        result = self.wait()
-        if len(self.sizes) == 1:
-            yield result
-            return
-        yield from np.split(result, np.cumsum(self.sizes)[:-1])
-
-
 class _OnnxModel:
+    pad_multiple = 1
+
     def __init__(self, runner: Any) -> None:
         self.runner = runner
 
-    def launch(self, tokens: TokenBatch, batches: list[np.ndarray], dim: int) -> Callable[[], np.ndarray]:
+    def launch(self, tokens: TokenBatch, batches: list[np.ndarray], dim: int) -> Running:
         out = np.empty((len(tokens), dim), dtype=np.float32)
         offsets = tokens.offsets
         for batch in batches:
             out[batch] = self.runner.run(*tokens.padded(batch, offsets))
-        return lambda: out
+        return Running(lambda: out)
 
 
 class _TorchRunner:
@@ -363,7 +409,7 @@ class _TorchRunner:
                 model = torch.compile(model, dynamic=True)
             self.replicas.append((dev, model))
 
-    def launch(self, tokens: TokenBatch, batches: list[np.ndarray], dim: int) -> Callable[[], np.ndarray]:
+    def launch(self, tokens: TokenBatch, batches: list[np.ndarray], dim: int) -> Running:
         if len(self.replicas) == 1:
             parts = [self._launch_on(self.replicas[0], tokens, batches)]
         else:
@@ -371,16 +417,14 @@ class _TorchRunner:
 
         def wait() -> np.ndarray:
             out = np.empty((len(tokens), dim), dtype=np.float32)
-            for rows, result in parts:
+            for rows, running in parts:
                 if len(rows):
-                    out[rows] = result()
+                    out[rows] = running.wait()
             return out
 
-        return wait
+        return Running(wait, lambda: all(running.done() for _, running in parts))
 
-    def _launch_parallel(
-        self, tokens: TokenBatch, batches: list[np.ndarray]
-    ) -> list[tuple[np.ndarray, Callable[[], np.ndarray]]]:
+    def _launch_parallel(self, tokens: TokenBatch, batches: list[np.ndarray]) -> list[tuple[np.ndarray, Running]]:
         n = len(self.replicas)
         parts: list[Any] = [None] * n
         errors: list[BaseException] = []
@@ -402,14 +446,14 @@ class _TorchRunner:
 
     def _launch_on(
         self, replica: tuple[str, Any], tokens: TokenBatch, batches: list[np.ndarray]
-    ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
-        """Queue the forward passes of batches on one replica: (rows, a function that returns their vectors)."""
+    ) -> tuple[np.ndarray, Running]:
+        """Queue the forward passes of batches on one replica: (rows, their vectors when ready)."""
         import torch
 
         device, model = replica
         rows = np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
         if not batches:
-            return rows, lambda: np.empty((0, 0), dtype=np.float32)
+            return rows, Running(lambda: np.empty((0, 0), dtype=np.float32))
         on_gpu = device.startswith("cuda")
         offsets = tokens.offsets
         pooled: list[torch.Tensor] = []
@@ -425,7 +469,7 @@ class _TorchRunner:
             result = torch.cat(pooled) if len(pooled) > 1 else pooled[0]
             if not on_gpu:
                 host = result.numpy()
-                return rows, lambda: host
+                return rows, Running(lambda: host)
             pinned = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
             pinned.copy_(result, non_blocking=True)
             done = torch.cuda.Event()
@@ -435,7 +479,7 @@ class _TorchRunner:
             done.synchronize()
             return pinned.numpy()
 
-        return rows, wait
+        return rows, Running(wait, done.query)
 
 
 def _mask_4d(mask: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +142,11 @@ class PendingTokens:
     def result(self) -> TokenBatch:
         return TokenBatch.concat([f.result() for f in self._futures])
 
+    def pieces(self) -> Iterator[TokenBatch]:
+        """The parts in order, each as soon as it and those before it are done."""
+        for future in self._futures:
+            yield future.result()
+
 
 class TokenizerPool:
     """Tokenises off the calling thread: `workers` processes, or one thread when workers is 0.
@@ -176,16 +181,18 @@ class TokenizerPool:
             return encode_texts(self._local, texts, self._cut)
         return self._slow_tokenize(texts)
 
-    def submit(self, texts: Sequence[str]) -> PendingTokens:
-        """Start tokenising texts in the background."""
+    def submit(self, texts: Sequence[str], piece_rows: int | None = None) -> PendingTokens:
+        """Start tokenising texts in the background: split over the workers, and in pieces of at most
+        piece_rows texts if given (a consumer can then start on the first piece early)."""
         texts = list(texts)
-        if self.workers == 0:
-            return PendingTokens([self._executor.submit(self.tokenize, texts)])
         pieces = max(1, min(self.workers, len(texts) // _MIN_SPLIT))
+        if piece_rows:
+            pieces = max(pieces, -(-len(texts) // piece_rows))
         step = -(-len(texts) // pieces) if texts else 1
-        futures = [self._executor.submit(_encode_in_worker, texts[i : i + step]) for i in range(0, len(texts), step)]
+        work = self.tokenize if self.workers == 0 else _encode_in_worker
+        futures = [self._executor.submit(work, texts[i : i + step]) for i in range(0, len(texts), step)]
         if not futures:
-            futures = [self._executor.submit(_encode_in_worker, [])]
+            futures = [self._executor.submit(work, [])]
         return PendingTokens(futures)
 
     def close(self) -> None:

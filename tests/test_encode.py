@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline import encode as encode_mod
-from pipeline.encode import Encoder, EncoderConfig, default_tokenizer_workers, plan_batches, resolve_backend
+from pipeline.encode import (
+    Encoder,
+    EncoderConfig,
+    Running,
+    default_tokenizer_workers,
+    plan_batches,
+    resolve_backend,
+)
 from pipeline.errors import UsageError
 from pipeline.model import resolve_model
 from pipeline.tokenize_pool import TokenBatch, TokenizerPool
@@ -87,7 +93,7 @@ def test_long_input_pipelines_through_chunks(monkeypatch: pytest.MonkeyPatch, en
     calls: list[int] = []
     original = encoder._launch
 
-    def spy(tokens: TokenBatch) -> Callable[[], np.ndarray]:
+    def spy(tokens: TokenBatch) -> Running:
         calls.append(len(tokens))
         return original(tokens)
 
@@ -157,20 +163,24 @@ def test_padded_layout() -> None:
 def test_grouped_chunks_come_back_per_chunk(tiny_model: Path, encoder: Encoder) -> None:
     texts = sample_texts(300, seed=11)
     chunks = [texts[:7], [], texts[7:150], texts[150:151], texts[151:]]
-    config = EncoderConfig(device="cpu", backend="torch", group_tokens=10**9, prefetch_chunks=1)
+    config = EncoderConfig(device="cpu", backend="torch", group_tokens=10**9, prefetch_chunks=1, token_budget=256)
     grouped = Encoder(resolve_model(str(tiny_model)), config)
     launches: list[int] = []
-    original = grouped._launch
+    original = grouped._runner.launch
 
-    def spy(tokens: TokenBatch) -> Callable[[], np.ndarray]:
+    def spy(tokens: TokenBatch, batches: list[np.ndarray], dim: int) -> Running:
         launches.append(len(tokens))
-        return original(tokens)
+        return original(tokens, batches, dim)
 
-    grouped._launch = spy  # type: ignore[method-assign]
+    grouped._runner.launch = spy  # type: ignore[method-assign]
     parts = list(grouped.encode_chunks(iter(chunks)))
-    assert launches == [300]  # one launch for the whole stream, split back into its chunks
+    # Batched by width across chunks (group_tokens is never reached): one launch at the end of the stream,
+    # split back into its chunks.
+    assert launches == [300]
     assert [len(p) for p in parts] == [len(c) for c in chunks]
     assert _cos(np.concatenate(parts), encoder.encode(texts)).min() >= 0.99999
+    assert grouped.stats.rows == 300 and grouped.stats.tokens == int(grouped.tokenize(texts).lengths.sum())
+    assert grouped.stats.tokens <= grouped.stats.padded_tokens <= grouped.stats.tokens + 7 * 300
 
 
 def test_data_parallel_replicas_keep_order(tiny_model: Path, encoder: Encoder) -> None:

@@ -178,6 +178,10 @@ def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _padding(stage: dict[str, Any]) -> str:
+    return f"; {stage['forward_passes']:,} forward passes a pass, {stage['padding']:.3f} computed tokens per real token"
+
+
 def _summary(result: dict[str, Any]) -> list[str]:
     c, e, a, m = result["corpus"], result["encoder"], result["agreement"], result["machine"]
     lines = [
@@ -189,7 +193,9 @@ def _summary(result: dict[str, Any]) -> list[str]:
         f"torch.compile {'on' if e.get('torch_compile') else 'off'}, replicas {len(e.get('devices') or [1])}, "
         f"setup {e['setup_s']:.1f} s",
         f"agreement of (c) with (a): mean cosine {a['mean_cosine']:.5f}, min {a['min_cosine']:.5f}",
-        "(c) passes: " + ", ".join(f"{x:.2f} s" for x in result["stages"][-1].get("pass_seconds", [])),
+        "(c) passes: "
+        + ", ".join(f"{x:.2f} s" for x in result["stages"][-1].get("pass_seconds", []))
+        + _padding(result["stages"][-1]),
         f"machine: {m['cpu']}, {m['cpu_count']} CPUs, GPU {m['gpu'] or 'none'}, "
         f"load average at end {', '.join(f'{x:.1f}' for x in m.get('load_average') or [])}",
     ]
