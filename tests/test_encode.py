@@ -183,6 +183,35 @@ def test_grouped_chunks_come_back_per_chunk(tiny_model: Path, encoder: Encoder) 
     assert grouped.stats.tokens <= grouped.stats.padded_tokens <= grouped.stats.tokens + 7 * 300
 
 
+def test_launch_ahead_path_keeps_order_with_launches_still_running(tiny_model: Path, encoder: Encoder) -> None:
+    # The GPU path on CPU: launches report "not done" for a while, so the host queues more, collects
+    # finished ones without blocking and blocks only past two in flight; chunks still come back whole.
+    texts = sample_texts(900, seed=14)
+    chunks = [texts[i : i + 150] for i in range(0, 900, 150)] + [[]]
+    config = EncoderConfig(device="cpu", backend="torch", token_budget=256, group_tokens=1024, prefetch_chunks=1)
+    ahead = Encoder(resolve_model(str(tiny_model)), config)
+    ahead._launch_ahead = True
+    original = ahead._runner.launch
+    polls: list[int] = []
+
+    def slow(tokens: TokenBatch, batches: list[np.ndarray], dim: int) -> Running:
+        running = original(tokens, batches, dim)
+        left = [2]  # "still running" for the first two polls
+
+        def done() -> bool:
+            polls.append(left[0])
+            left[0] -= 1
+            return left[0] < 0
+
+        return Running(running.wait, done)
+
+    ahead._runner.launch = slow  # type: ignore[method-assign]
+    parts = list(ahead.encode_chunks(iter(chunks)))
+    assert [len(p) for p in parts] == [len(c) for c in chunks]
+    assert _cos(np.concatenate(parts), encoder.encode(texts)).min() >= 0.99999
+    assert 2 in polls and ahead.stats.rows == 900
+
+
 def test_data_parallel_replicas_keep_order(tiny_model: Path, encoder: Encoder) -> None:
     texts = sample_texts(200, seed=12)
     config = EncoderConfig(device="cpu", backend="torch", devices=("cpu", "cpu"), token_budget=256)
