@@ -45,7 +45,7 @@ def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray], multiple: int 
     return total
 
 
-# (sequence number of a piece of tokens, row positions in that piece)
+# (a number, row positions): inside the stream the number is a piece's; in a Launch, a chunk's
 Part = tuple[int, np.ndarray]
 
 
@@ -55,7 +55,19 @@ class Launch:
 
     tokens: TokenBatch
     batches: list[np.ndarray]  # positions in `tokens`, one array per forward pass
-    parts: list[Part]  # where `tokens`' rows come from, in their order
+    parts: list[Part]  # (chunk, rows of that chunk) that `tokens`' rows come from, in their order
+
+
+@dataclass
+class _Piece:
+    """A tokenised piece of a chunk, kept until every row of it has been taken."""
+
+    tokens: TokenBatch
+    offsets: np.ndarray  # tokens.offsets, computed once
+    chunk: int
+    offset: int  # the piece's first row in its chunk
+    queued_at: int  # rows queued before it
+    left: int  # rows not yet taken
 
 
 @dataclass
@@ -99,23 +111,19 @@ class BucketStream:
         self.max_rows = max_rows
         self.max_age_rows = max_age_rows
         self.ready_tokens = 0  # padded tokens of the full batches waiting for take()
-        self._ready: list[tuple[int, list[Part]]] = []
+        self._ready: list[list[Part]] = []
         self._buckets: dict[int, _Bucket] = {}
-        self._chunks: dict[int, TokenBatch] = {}
-        self._left: dict[int, int] = {}  # rows of each piece not yet taken
-        self._queued_at: dict[int, int] = {}  # rows queued before each piece
+        self._pieces: dict[int, _Piece] = {}
         self._queued = 0
         self._next = 0
 
-    def add(self, tokens: TokenBatch) -> int:
-        """Queue a piece's rows; returns the piece's sequence number (0, 1, ...)."""
+    def add(self, tokens: TokenBatch, chunk: int, offset: int = 0) -> None:
+        """Queue a piece's rows: rows offset, offset + 1, ... of chunk `chunk`."""
+        if not len(tokens):
+            return
         seq = self._next
         self._next += 1
-        if not len(tokens):
-            return seq
-        self._chunks[seq] = tokens
-        self._left[seq] = len(tokens)
-        self._queued_at[seq] = self._queued
+        self._pieces[seq] = _Piece(tokens, tokens.offsets, chunk, offset, self._queued, len(tokens))
         self._queued += len(tokens)
         widths = -(-np.maximum(tokens.lengths, 1) // BUCKET_WIDTH) * BUCKET_WIDTH
         order = np.argsort(-widths, kind="stable")
@@ -127,9 +135,8 @@ class BucketStream:
             bucket.rows += len(rows)
             full = self._capacity(width)
             while bucket.rows >= full:
-                self._ready.append((width, bucket.pop(full)))
+                self._ready.append(bucket.pop(full))
                 self.ready_tokens += full * width
-        return seq
 
     def aged(self) -> bool:
         """Whether a partial bucket holds a row old enough to be launched now."""
@@ -146,71 +153,55 @@ class BucketStream:
             bucket = self._buckets[width]
             if bucket.parts and (flush or self._aged(bucket)):
                 tokens += bucket.rows * width
-                batches.append((width, bucket.pop(bucket.rows)))
+                batches.append(bucket.pop(bucket.rows))
         by_size = sorted(((b.rows * w, w) for w, b in self._buckets.items() if b.rows), reverse=True)
         for size, width in by_size:
             if tokens >= fill or size < self.token_budget * MIN_FILL_FRACTION:
                 break
             tokens += size
-            batches.append((width, self._buckets[width].pop(self._buckets[width].rows)))
+            batches.append(self._buckets[width].pop(self._buckets[width].rows))
         if not batches:
             return None
-        return self._gather([parts for _, parts in batches])
+        return self._gather(batches)
 
     def __len__(self) -> int:
         """Rows queued and not yet taken."""
-        return sum(self._left.values())
+        return sum(p.left for p in self._pieces.values())
 
     def _aged(self, bucket: _Bucket) -> bool:
-        return bool(bucket.parts) and self._queued_at[bucket.oldest] <= self._queued - self.max_age_rows
+        return bool(bucket.parts) and self._pieces[bucket.oldest].queued_at <= self._queued - self.max_age_rows
 
     def _capacity(self, width: int) -> int:
         rows = max(self.token_budget // width, 1)
         return min(rows, self.max_rows) if self.max_rows else rows
 
     def _gather(self, batches: list[list[Part]]) -> Launch:
-        ids: list[np.ndarray] = []
-        lengths: list[np.ndarray] = []
+        taken: list[TokenBatch] = []
         parts: list[Part] = []
         positions: list[np.ndarray] = []
         start = 0
         for batch in batches:
             size = 0
             for seq, rows in batch:
-                chunk = self._chunks[seq]
-                ids.append(_rows_ids(chunk, rows))
-                lengths.append(chunk.lengths[rows])
-                parts.append((seq, rows))
+                piece = self._pieces[seq]
+                taken.append(piece.tokens.take(rows, piece.offsets))
+                parts.append((piece.chunk, piece.offset + rows))
                 size += len(rows)
-                self._left[seq] -= len(rows)
-                if not self._left[seq]:
-                    del self._left[seq], self._chunks[seq], self._queued_at[seq]
+                piece.left -= len(rows)
+                if not piece.left:
+                    del self._pieces[seq]
             positions.append(np.arange(start, start + size))
             start += size
-        tokens = TokenBatch(np.concatenate(ids), np.concatenate(lengths))
-        return Launch(tokens, positions, parts)
-
-
-def _rows_ids(tokens: TokenBatch, rows: np.ndarray) -> np.ndarray:
-    """The token ids of `rows`, concatenated in that order."""
-    lengths = tokens.lengths[rows].astype(np.int64)
-    starts = tokens.offsets[rows]
-    # Each output position minus its row's start in the output, plus the row's start in the input.
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return tokens.ids[shift + np.arange(int(lengths.sum()))]
+        return Launch(TokenBatch.concat(taken), positions, parts)
 
 
 class ChunkResults:
-    """Each chunk's embeddings as launches fill them in; hands chunks back complete and in order.
-
-    A chunk may be tokenised in several pieces; `place` says where a piece's rows go.
-    """
+    """Each chunk's embeddings as launches fill them in; hands chunks back complete and in order."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self._out: dict[int, np.ndarray] = {}
         self._left: dict[int, int] = {}
-        self._pieces: dict[int, tuple[int, int]] = {}  # piece -> (chunk, row offset in the chunk)
         self._chunks = 0
         self._next = 0
 
@@ -222,14 +213,11 @@ class ChunkResults:
         self._left[chunk] = rows
         return chunk
 
-    def place(self, piece: int, chunk: int, offset: int) -> None:
-        self._pieces[piece] = (chunk, offset)
-
     def fill(self, parts: list[Part], vectors: np.ndarray) -> None:
+        """Put `vectors` (one per row of `parts`, (chunk, rows) in order) in their chunks."""
         start = 0
-        for piece, rows in parts:
-            chunk, offset = self._pieces[piece]
-            self._out[chunk][offset + rows] = vectors[start : start + len(rows)]
+        for chunk, rows in parts:
+            self._out[chunk][rows] = vectors[start : start + len(rows)]
             self._left[chunk] -= len(rows)
             start += len(rows)
 

@@ -239,14 +239,14 @@ class Encoder:
         stream = BucketStream(self.token_budget, self.batch_size)
         results = ChunkResults(self.dim)
         inflight: deque[tuple[Launch, Running]] = deque()
-        chunk_tokens: list[int] = []
+        chunks_seen = tokens_seen = 0  # taken from the tokenisers so far
 
         def lookahead() -> int:
             """Chunks to keep tokenising: the configured count, or about two launches' worth of tokens
             when more, so the tokenisers have work while this thread waits for the device."""
-            if not chunk_tokens:
+            if not chunks_seen:
                 return max(1, self.config.prefetch_chunks)
-            per_chunk = max(1, sum(chunk_tokens) // len(chunk_tokens))
+            per_chunk = max(1, tokens_seen // chunks_seen)
             return max(1, self.config.prefetch_chunks, -(-2 * self.group_tokens // per_chunk))
 
         def harvest(block: bool) -> Iterator[np.ndarray]:
@@ -266,14 +266,15 @@ class Encoder:
                 yield from harvest(block=True)
 
         def collect(keep: Callable[[], int]) -> Iterator[np.ndarray]:
+            nonlocal chunks_seen, tokens_seen
             while len(submitted) > keep():
                 rows, pending = submitted.popleft()
                 chunk, offset = results.open(rows), 0
-                chunk_tokens.append(0)
+                chunks_seen += 1
                 for tokens in pending.pieces():
-                    results.place(stream.add(tokens), chunk, offset)
+                    stream.add(tokens, chunk, offset)
                     offset += len(tokens)
-                    chunk_tokens[-1] += len(tokens.ids)
+                    tokens_seen += len(tokens.ids)
                     yield from harvest(block=False)
                     if stream.ready_tokens >= self.group_tokens or stream.aged():
                         yield from launch(flush=False)

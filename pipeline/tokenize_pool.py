@@ -58,6 +58,15 @@ class TokenBatch:
         ids[~mask] = 0
         return ids, mask.astype(np.int64)
 
+    def take(self, rows: np.ndarray, offsets: np.ndarray | None = None) -> TokenBatch:
+        """The given rows, in that order, as a TokenBatch of their own."""
+        offsets = self.offsets if offsets is None else offsets
+        lengths = self.lengths[rows]
+        wide = lengths.astype(np.int64)
+        # Each output position minus its row's start in the output, plus the row's start in the input.
+        shift = np.repeat(offsets[rows] - (np.cumsum(wide) - wide), wide)
+        return TokenBatch(self.ids[shift + np.arange(int(wide.sum()))], lengths)
+
     @staticmethod
     def concat(parts: Sequence[TokenBatch]) -> TokenBatch:
         if len(parts) == 1:
@@ -140,7 +149,7 @@ class PendingTokens:
         self._futures = futures
 
     def result(self) -> TokenBatch:
-        return TokenBatch.concat([f.result() for f in self._futures])
+        return TokenBatch.concat(list(self.pieces()))
 
     def pieces(self) -> Iterator[TokenBatch]:
         """The parts in order, each as soon as it and those before it are done."""

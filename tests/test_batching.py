@@ -25,8 +25,8 @@ def _chunk(lengths: list[int] | np.ndarray, first_id: int = 0) -> TokenBatch:
 
 def _run(stream: BucketStream, chunks: list[TokenBatch], group_tokens: int) -> list[Launch]:
     launches = []
-    for chunk in chunks:
-        stream.add(chunk)
+    for i, chunk in enumerate(chunks):
+        stream.add(chunk, i)
         if stream.ready_tokens >= group_tokens or stream.aged():
             launch = stream.take()
             if launch is not None:
@@ -73,11 +73,11 @@ def test_every_row_goes_out_once_in_one_width_per_batch(seed: int) -> None:
 
 def test_a_rare_width_waits_only_max_age_rows() -> None:
     stream = BucketStream(token_budget=128, max_age_rows=9)  # a full batch: 3 rows of width 40, 16 of width 8
-    stream.add(_chunk([40, 3, 3, 3]))  # the 40-token row is alone in its bucket for good
-    for _ in range(2):
-        stream.add(_chunk([3, 3]))
+    stream.add(_chunk([40, 3, 3, 3]), 0)  # the 40-token row is alone in its bucket for good
+    for i in range(2):
+        stream.add(_chunk([3, 3]), 1 + i)
         assert not stream.aged()
-    stream.add(_chunk([3]))  # 9 rows queued after the 40-token one
+    stream.add(_chunk([3]), 3)  # 9 rows queued after the 40-token one
     assert stream.aged()
     launch = stream.take()
     assert launch is not None and (0, 0) in [(s, int(r)) for s, rows in launch.parts for r in rows]
@@ -86,7 +86,7 @@ def test_a_rare_width_waits_only_max_age_rows() -> None:
 
 def test_fill_takes_the_fullest_partial_buckets() -> None:
     stream = BucketStream(token_budget=300)
-    stream.add(_chunk([3] * 8 + [20] * 4 + [50] * 3))  # partial buckets: 64, 96 and 168 padded tokens
+    stream.add(_chunk([3] * 8 + [20] * 4 + [50] * 3), 0)  # partial buckets: 64, 96 and 168 padded tokens
     assert stream.ready_tokens == 0 and stream.take() is None
     launch = stream.take(fill=200)
     assert launch is not None
@@ -118,14 +118,24 @@ def test_streamed_buckets_pad_less_than_sorting_each_launch() -> None:
 def test_chunk_results_come_back_in_order_when_filled_out_of_order() -> None:
     results = ChunkResults(dim=2)
     assert [results.open(2), results.open(0), results.open(1)] == [0, 1, 2]
-    results.place(0, chunk=0, offset=0)  # chunk 0 tokenised in two pieces of one row
-    results.place(1, chunk=0, offset=1)
-    results.place(2, chunk=2, offset=0)
-    results.fill([(2, np.array([0])), (1, np.array([0]))], np.array([[2, 2], [0, 1]], np.float32))
+    results.fill([(2, np.array([0])), (0, np.array([1]))], np.array([[2, 2], [0, 1]], np.float32))
     assert list(results.completed()) == []  # chunk 0 still misses a row
     results.fill([(0, np.array([0]))], np.array([[0, 0]], np.float32))
     done = list(results.completed())
     assert [d.tolist() for d in done] == [[[0, 0], [0, 1]], [], [[2, 2]]]
+
+
+def test_pieces_of_a_chunk_come_out_in_chunk_rows() -> None:
+    chunk = _chunk([5, 9, 3, 12, 7])
+    stream = BucketStream(token_budget=10_000)
+    stream.add(chunk.take(np.arange(2)), 0)  # a chunk tokenised in two pieces: rows 0-1, then 2-4
+    stream.add(chunk.take(np.arange(2, 5)), 0, offset=2)
+    launch = stream.take(flush=True)
+    assert launch is not None
+    rows = np.concatenate([r for c, r in launch.parts])
+    assert all(c == 0 for c, _ in launch.parts) and sorted(rows.tolist()) == [0, 1, 2, 3, 4]
+    assert launch.tokens.lengths.tolist() == chunk.lengths[rows].tolist()
+    assert launch.tokens.ids.tolist() == chunk.take(rows).ids.tolist()
 
 
 def test_padded_tokens_rounds_each_batch_to_its_longest() -> None:

@@ -148,6 +148,13 @@ def test_4d_mask_probe_on_cpu(tiny_model: Path) -> None:
     assert _accepts_4d_mask(object(), "cpu") is False
 
 
+def test_take_gathers_rows_in_order() -> None:
+    batch = TokenBatch(np.array([1, 2, 3, 4, 5, 6], np.int32), np.array([3, 1, 2], np.int32))
+    taken = batch.take(np.array([2, 0]))
+    assert taken.ids.tolist() == [5, 6, 1, 2, 3] and taken.lengths.tolist() == [2, 3]
+    assert len(batch.take(np.array([], dtype=np.int64))) == 0
+
+
 def test_padded_layout() -> None:
     batch = TokenBatch(np.array([1, 2, 3, 4, 5, 6], np.int32), np.array([3, 1, 2], np.int32))
     ids, mask = batch.padded(np.array([2, 0]))
