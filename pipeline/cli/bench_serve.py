@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import EVENT_LOOPS, HTTP_PARSERS, backend_option, bench_output_options
+from pipeline.cli.options import backend_option, bench_output_options, uvicorn_options
 from pipeline.cli.output import CliProgress, emit_json, handle_errors
 
 
@@ -65,8 +65,7 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
 @click.option(
     "--workers", type=click.IntRange(min=1), default=None, help="The server's --workers [default: its default]."
 )
-@click.option("--http", type=click.Choice(HTTP_PARSERS), default="auto", help="The server's --http.")
-@click.option("--loop", type=click.Choice(EVENT_LOOPS), default="auto", help="The server's --loop.")
+@uvicorn_options
 @click.option(
     "--index-type",
     default=None,

@@ -58,6 +58,26 @@ def device_option(func: F) -> F:
 
 HTTP_PARSERS = ("auto", "h11", "httptools")  # uvicorn's --http choices (auto: httptools when installed)
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")  # uvicorn's --loop choices (auto: uvloop when installed)
+
+
+def uvicorn_options(func: F) -> F:
+    """--http and --loop, uvicorn's choices, as `serve` and `bench serve` take them."""
+    func = click.option(
+        "--loop",
+        type=click.Choice(EVENT_LOOPS),
+        default="auto",
+        show_default=True,
+        help="uvicorn's event loop (auto: uvloop when installed).",
+    )(func)
+    return click.option(
+        "--http",
+        type=click.Choice(HTTP_PARSERS),
+        default="auto",
+        show_default=True,
+        help="uvicorn's HTTP parser (auto: httptools when installed).",
+    )(func)
+
+
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # pipeline.encode.BACKENDS, kept here so --help stays light
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import EVENT_LOOPS, HTTP_PARSERS, device_option, index_dir_option
+from pipeline.cli.options import device_option, index_dir_option, uvicorn_options
 from pipeline.cli.output import handle_errors
 
 
@@ -71,20 +71,7 @@ from pipeline.cli.output import handle_errors
     help="Once loaded, keep the loaded model and indexes out of Python's cyclic GC, whose full passes over "
     "them stall requests.",
 )
-@click.option(
-    "--http",
-    type=click.Choice(HTTP_PARSERS),
-    default="auto",
-    show_default=True,
-    help="uvicorn's HTTP parser (auto: httptools when installed).",
-)
-@click.option(
-    "--loop",
-    type=click.Choice(EVENT_LOOPS),
-    default="auto",
-    show_default=True,
-    help="uvicorn's event loop (auto: uvloop when installed).",
-)
+@uvicorn_options
 @click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
