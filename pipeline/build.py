@@ -35,7 +35,7 @@ from pipeline.lock import IndexLock
 from pipeline.manifest import check_model, new_manifest, read_manifest, write_manifest
 from pipeline.model import ModelRef, resolve_model
 from pipeline.progress import NoProgress, Progress
-from pipeline.shards import read_shard, write_shard
+from pipeline.shards import ShardWriter, read_shard
 from pipeline.store import DB_NAME, Store, arrow_reader, quote
 from pipeline.vector_build import VECTORS_FILE, build_vectors, check_index_options, shard_groups
 
@@ -344,14 +344,18 @@ class _Run:
         self.progress.stage("encoding", total=total)
         seq = len(self._journal_shards())
         encoded = 0
-        for vectors in encoder.encode_chunks(chunks()):
-            keys = pending.popleft()
-            name = f"{self.fp}-{seq:06d}.arrow"
-            write_shard(self.paths.shards / name, keys, vectors)
-            self.journal.append({"event": "shard", "file": name, "rows": len(keys)})
-            seq += 1
-            encoded += len(keys)
-            self.progress.advance(len(keys))
+
+        def journal(path: Path, rows: int) -> None:
+            self.journal.append({"event": "shard", "file": path.name, "rows": rows})
+
+        # Only the writer thread appends to the journal until the `with` block has written every shard.
+        with ShardWriter(journal) as writer:
+            for vectors in encoder.encode_chunks(chunks()):
+                keys = pending.popleft()
+                writer.submit(self.paths.shards / f"{self.fp}-{seq:06d}.arrow", keys, vectors)
+                seq += 1
+                encoded += len(keys)
+                self.progress.advance(len(keys))
         store.con.unregister("done_keys")
         self.timings["encode_s"] = time.monotonic() - t0
         return encoded
