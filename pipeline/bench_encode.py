@@ -22,6 +22,7 @@ from pipeline.encode import Encoder, EncoderConfig, EncoderStats
 from pipeline.errors import DataError, UsageError
 from pipeline.model import resolve_model
 from pipeline.progress import NoProgress, Progress
+from pipeline.shards import ShardWriter, read_shard
 
 CORPORA = ("sts", "imdb-sentences", "imdb", "msmarco", "synthetic")
 DEFAULT_ROWS = {"sts": 4000, "imdb-sentences": 4000, "imdb": 1000, "msmarco": 2000, "synthetic": 2000}
@@ -306,7 +307,7 @@ def _measure(
     peak = 0
     encoder.stats = EncoderStats()
     for i in range(max(1, config.passes)):
-        progress.stage(f"bmsearch Parquet -> embeddings -> .npy shards, pass {i + 1}", total=len(texts))
+        progress.stage(f"bmsearch Parquet -> embeddings -> shards, pass {i + 1}", total=len(texts))
         shard_dir = work / f"shards-{i}"
         shard_dir.mkdir()
         with RssSampler() as rss:
@@ -329,7 +330,7 @@ def _measure(
             forward_passes=encoder.stats.batches // max(1, config.passes),
         )
     )
-    ours = np.concatenate([np.load(p) for p in sorted(shard_dir.glob("*.npy"))])
+    ours = read_shards(shard_dir)
     if ours.shape != reference.shape:
         raise DataError(f"bmsearch wrote {ours.shape} embeddings, sentence-transformers {reference.shape}")
     cos = _cosines(ours, reference)
@@ -379,6 +380,8 @@ def _write_parquet(path: Path, texts: list[str]) -> None:
 
 
 def _parquet_to_shards(encoder: Encoder, parquet: Path, shard_dir: Path, read_rows: int, progress: Progress) -> int:
+    """Encode the Parquet file's texts into embedding shards the way `bmsearch index` writes them (Arrow IPC,
+    fsynced, on the background writer), one shard per record batch, keyed by row number."""
     import pyarrow.parquet as pq
 
     def chunks() -> Iterator[list[str]]:
@@ -386,11 +389,17 @@ def _parquet_to_shards(encoder: Encoder, parquet: Path, shard_dir: Path, read_ro
             yield batch.column(0).to_pylist()
 
     written = 0
-    for i, emb in enumerate(encoder.encode_chunks(chunks())):
-        np.save(shard_dir / f"{i:06d}.npy", emb)
-        written += len(emb)
-        progress.advance(len(emb))
+    with ShardWriter() as writer:
+        for i, emb in enumerate(encoder.encode_chunks(chunks())):
+            writer.submit(shard_dir / f"{i:06d}.arrow", np.arange(written, written + len(emb), dtype=np.int64), emb)
+            written += len(emb)
+            progress.advance(len(emb))
     return written
+
+
+def read_shards(shard_dir: Path) -> np.ndarray:
+    """The vectors of a folder of shards written by `_parquet_to_shards`, in row order."""
+    return np.concatenate([read_shard(p)[1] for p in sorted(shard_dir.glob("*.arrow"))])
 
 
 def ndcg_at_10(scores: np.ndarray, doc_ids: list[str], qrels: dict[str, int]) -> float:

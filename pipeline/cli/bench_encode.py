@@ -92,8 +92,9 @@ def command(
     quiet: bool,
 ) -> None:
     """Time the same corpus through sentence-transformers' encode (batch 32, then its best batch size)
-    and through bmsearch's encoder from a Parquet file to .npy shards; report rows/s, tokens/s, ratios,
-    peak RSS and the cosine agreement of bmsearch's embeddings with sentence-transformers'."""
+    and through bmsearch's encoder from a Parquet file to embedding shards on disk (written as `bmsearch
+    index` writes them); report rows/s, tokens/s, ratios, peak RSS and the cosine agreement of bmsearch's
+    embeddings with sentence-transformers'."""
     from pipeline.bench_common import default_model
     from pipeline.bench_common import shared_data_dir as default_data_dir
     from pipeline.bench_encode import EncodeBenchConfig, retrieval_quality, run_encode_bench
@@ -161,7 +162,7 @@ def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     labels = {
         "st_default": "(a) ST encode, batch 32",
         "st_best": "(b) ST encode, best batch",
-        "bmsearch": f"(c) bmsearch {result['encoder']['backend']}, Parquet->.npy",
+        "bmsearch": f"(c) bmsearch {result['encoder']['backend']}, Parquet->shards",
     }
     return [
         {
