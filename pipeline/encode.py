@@ -7,7 +7,7 @@ import copy
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -120,6 +120,15 @@ class EncoderStats:
     tokens: int = 0
     padded_tokens: int = 0
     batches: int = 0
+    # a server's batch workers launch from several threads at once
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, rows: int, tokens: int, padded_tokens: int, batches: int) -> None:
+        with self._lock:
+            self.rows += rows
+            self.tokens += tokens
+            self.padded_tokens += padded_tokens
+            self.batches += batches
 
     @property
     def padding(self) -> float:
@@ -305,10 +314,8 @@ class Encoder:
         return self._runner.launch(tokens, batches, self.dim)
 
     def _count(self, lengths: np.ndarray, batches: list[np.ndarray]) -> None:
-        self.stats.rows += len(lengths)
-        self.stats.tokens += int(lengths.sum())
-        self.stats.padded_tokens += padded_tokens(lengths, batches, self._runner.pad_multiple)
-        self.stats.batches += len(batches)
+        padded = padded_tokens(lengths, batches, self._runner.pad_multiple)
+        self.stats.add(len(lengths), int(lengths.sum()), padded, len(batches))
 
     def close(self) -> None:
         """Stop the tokeniser workers (they restart on the next encode_chunks)."""
