@@ -29,8 +29,10 @@ def test_shards_are_written_in_order_and_reported_once_on_disk(tmp_path: Path) -
 
 def test_a_write_error_is_raised_and_later_shards_are_not_written(tmp_path: Path) -> None:
     writer = ShardWriter()
-    writer.submit(tmp_path / "missing-dir" / "000.arrow", *_shard(0))
-    writer.submit(tmp_path / "001.arrow", *_shard(1))
+    with pytest.raises(FileNotFoundError):  # by the second submit, if the first failed by then, else by close
+        writer.submit(tmp_path / "missing-dir" / "000.arrow", *_shard(0))
+        writer.submit(tmp_path / "001.arrow", *_shard(1))
+        writer.close()
     with pytest.raises(FileNotFoundError):
         writer.close()
     assert not (tmp_path / "001.arrow").exists()
