@@ -27,7 +27,8 @@ class FusionConfig:
     """How hybrid search merges the modes' lists; `depth` is how many candidates each mode contributes.
 
     `lead_margin`: when BM25's top hit scores at least this fraction above its second hit (or is its only hit),
-    it takes rank 1 of the fused list, the rest keeping the fused order; None turns that off.
+    it takes rank 1 of the fused list, the rest keeping the fused order. With `lead_sole_match`, so does BM25's
+    top hit when it is the only document holding every query term. None turns both off.
     """
 
     method: str = "zscore"
@@ -35,6 +36,8 @@ class FusionConfig:
     rrf_k: float = 60.0
     depth: int = 100
     lead_margin: float | None = DEFAULT_LEAD_MARGIN
+    # off by default: on natural questions the sole full match was wrong 3 times of 5 (docs/quality.md)
+    lead_sole_match: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -46,11 +49,13 @@ class FusionConfig:
         if self.lead_margin is not None and not 0 <= self.lead_margin <= 1:
             raise UsageError("the lead margin must be between 0 and 1")
 
-    def lexical_leads(self, lexical: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Per query, BM25's standout hit that takes rank 1, or -1: its top key when (s1 - s2) / s1 >= lead_margin.
+    def lexical_leads(self, lexical: tuple[np.ndarray, np.ndarray], sole: np.ndarray | None = None) -> np.ndarray:
+        """Per query, BM25's standout hit that takes rank 1, or -1.
 
-        s1, s2 are the first two real (key >= 0) scores of the query's BM25 list, s2 = 0 for a one-hit list.
-        No query leads when the rule is off or the lexical weight is 0.
+        It stands out when (s1 - s2) / s1 >= lead_margin, s1 and s2 being the first two real (key >= 0) scores
+        of the query's BM25 list (s2 = 0 for a one-hit list), or, with `lead_sole_match`, when it is the query's
+        `sole` match (`LexicalIndex.sole_matches`: the only document holding every query term). No query
+        leads when the rule is off or the lexical weight is 0.
         """
         scores, keys = lexical
         leads = np.full(len(keys), -1, np.int64)
@@ -61,9 +66,12 @@ class FusionConfig:
             top = np.asarray(row_scores, dtype=np.float64)[valid][:2]
             if len(top) == 0 or top[0] <= 0:
                 continue
+            first = int(np.asarray(row_keys)[valid][0])
             second = top[1] if len(top) > 1 else 0.0
-            if (top[0] - second) / top[0] >= self.lead_margin:
-                leads[i] = int(np.asarray(row_keys)[valid][0])
+            if (top[0] - second) / top[0] >= self.lead_margin or (
+                self.lead_sole_match and sole is not None and sole[i] == first
+            ):
+                leads[i] = first
         return leads
 
 
@@ -133,10 +141,14 @@ def _contributions(scores: np.ndarray, method: str, rrf_k: float) -> tuple[np.nd
 
 
 def fuse_modes(
-    results: Mapping[str, tuple[np.ndarray, np.ndarray]], k: int, config: FusionConfig | None = None
+    results: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    k: int,
+    config: FusionConfig | None = None,
+    sole: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fuse the (scores, keys) of named modes with the config's per-mode weights (1.0 for modes it omits);
-    a standout BM25 hit (`FusionConfig.lexical_leads`) of the "lexical" mode then takes rank 1."""
+    a standout BM25 hit (`FusionConfig.lexical_leads`, `sole` being each query's sole full match or -1) of the
+    "lexical" mode then takes rank 1."""
     config = config or FusionConfig()
     names = list(results)
     fused = fuse(
@@ -148,7 +160,7 @@ def fuse_modes(
     )
     if "lexical" not in results:
         return fused
-    return put_first(*fused, config.lexical_leads(results["lexical"]))
+    return put_first(*fused, config.lexical_leads(results["lexical"], sole))
 
 
 def put_first(scores: np.ndarray, keys: np.ndarray, leads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -289,6 +289,39 @@ class LexicalIndex:
             out_keys[i, : len(hits)] = self.keys[hits]
         return out_scores, out_keys
 
+    def sole_matches(self, queries: Sequence[str], allowed: np.ndarray | None = None) -> np.ndarray:
+        """Per query, the key of the only document (among `allowed`) that holds every indexed query term, or -1.
+
+        -1 when no document or several do, or the query has no indexed term; words no document has are ignored,
+        as BM25 ignores them. Each term's postings list documents in ascending order, so the rarest term's
+        documents are narrowed by binary search in the others'.
+        """
+        out = np.full(len(queries), -1, np.int64)
+        if self.num_docs == 0:
+            return out
+        postings = self.retriever.scores
+        indices, indptr = postings["indices"], postings["indptr"]
+        mask = None
+        if allowed is not None:
+            mask = np.zeros(self.num_docs, bool)
+            mask[self.positions(allowed)] = True
+        for i, query in enumerate(queries):
+            terms = set(self.analyzer.query_ids(query, self.vocab))
+            if not terms:
+                continue
+            docs = [indices[indptr[t] : indptr[t + 1]] for t in sorted(terms, key=lambda t: indptr[t + 1] - indptr[t])]
+            found = np.asarray(docs[0])
+            if mask is not None:
+                found = found[mask[found]]
+            for other in docs[1:]:
+                if len(found) == 0:
+                    break
+                at = np.minimum(np.searchsorted(other, found), len(other) - 1)
+                found = found[other[at] == found]
+            if len(found) == 1:
+                out[i] = self.keys[found[0]]
+        return out
+
 
 def _resolve_stemmer(stemmer: str | None) -> str | None:
     if stemmer is None or stemmer == "none":

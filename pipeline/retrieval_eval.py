@@ -109,6 +109,7 @@ def search_modes(
     need_lexical = "lexical" in modes or "hybrid" in modes
     times = timings if timings is not None else {}
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    sole = None
     if need_dense:
         t0 = time.perf_counter()
         vectors = searcher.encoder.encode(list(queries))
@@ -121,11 +122,12 @@ def search_modes(
             lexical = open_lexical(lexical_path(searcher))
         t0 = time.perf_counter()
         found["lexical"] = lexical.search(list(queries), depth)
+        sole = lexical.sole_matches(list(queries)) if "hybrid" in modes and fusion.lead_sole_match else None
         times["lexical"] = time.perf_counter() - t0
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if "hybrid" in modes:
         t0 = time.perf_counter()
-        out["hybrid"] = fuse_modes({"dense": found["dense"], "lexical": found["lexical"]}, k, fusion)
+        out["hybrid"] = fuse_modes({"dense": found["dense"], "lexical": found["lexical"]}, k, fusion, sole)
         times["hybrid"] = times["dense"] + times["lexical"] + time.perf_counter() - t0
     for mode in ("dense", "lexical"):
         if mode in modes:
@@ -199,5 +201,6 @@ def evaluate_retrieval(
             "rrf_k": fusion.rrf_k,
             "depth": fusion.depth,
             "lead_margin": fusion.lead_margin,
+            "lead_sole_match": fusion.lead_sole_match and fusion.lead_margin is not None,
         },
     )

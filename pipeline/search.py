@@ -194,7 +194,8 @@ class Searcher:
         depth = max(k, fusion.depth)
         dense = padded(*ann.search(gen.index, vectors, depth, allowed_ids=allowed), depth)
         lexical = gen.lexical.search(list(queries), depth, allowed)
-        return fuse_modes({"dense": dense, "lexical": lexical}, k, fusion)
+        sole = gen.lexical.sole_matches(list(queries), allowed) if fusion.lead_sole_match else None
+        return fuse_modes({"dense": dense, "lexical": lexical}, k, fusion, sole)
 
     def hits(
         self,

@@ -122,6 +122,19 @@ def test_lead_rule_edges() -> None:
         FusionConfig(lead_margin=1.5)
 
 
+def test_bm25_top_hit_leads_when_it_is_the_sole_full_match_and_the_rule_is_on() -> None:
+    close = {"dense": DENSE, "lexical": lexical_standout(9.0)}  # 9 stands only 10% above BM25's second
+    sole = FusionConfig(lead_sole_match=True)
+    # 9 is the only document holding every query term: it leads, but only with the rule on (off by default)
+    assert fuse_modes(close, 4, sole, np.array([9]))[1][0].tolist() == [9, 1, 2, 3]
+    assert fuse_modes(close, 4, sole=np.array([9]))[1][0, 0] == 1
+    # the sole full match is not BM25's top hit (2 is), or there is none: nothing leads
+    assert fuse_modes(close, 4, sole, np.array([2]))[1][0, 0] == 1
+    assert fuse_modes(close, 4, sole, np.array([-1]))[1][0, 0] == 1
+    # --lead-margin off turns every lead off
+    assert fuse_modes(close, 4, FusionConfig(lead_margin=None, lead_sole_match=True), np.array([9]))[1][0, 0] == 1
+
+
 def test_lead_from_outside_the_top_k_and_empty_modes() -> None:
     dense = ranked([1, 2, 3], [0.9, 0.8, 0.7])
     lexical = ranked([7, -1, -1], [2.0, 0.0, 0.0])  # one hit, unknown to dense

@@ -65,6 +65,26 @@ def test_filter_restricts_results_and_still_returns_k() -> None:
     assert few[0].tolist() == [104, -1, -1, -1, -1]
 
 
+def test_sole_match_is_the_only_document_holding_every_query_term() -> None:
+    keys, texts = corpus()
+    index, _ = LexicalIndex.build(chunks(keys, texts))
+    queries = ["flux capacitor", "capacitor", "XQ-7731 ships", "flux unheardofword", "the of and", ""]
+    # both words in 13 only; two docs hold "capacitor"; a code; a word no document has is ignored, as BM25
+    # ignores it; only stopwords; nothing
+    assert index.sole_matches(queries).tolist() == [135, -1, 135, 135, -1, -1]
+    # a filter counts only the allowed documents: one of the two "capacitor" docs left, or neither
+    assert index.sole_matches(["capacitor"], allowed=np.array([295], np.int64)).tolist() == [295]
+    assert index.sole_matches(["flux capacitor"], allowed=np.array([295, 5], np.int64)).tolist() == [-1]
+
+
+def test_sole_match_with_unsorted_keys_and_no_documents() -> None:
+    keys = np.array([50, 10, 40, 20, 30], dtype=np.int64)
+    index, _ = LexicalIndex.build([(keys, ["apple", "banana", "cherry", "apple banana", "cherry"])])
+    assert index.sole_matches(["apple banana", "banana", "cherry", "apple"]).tolist() == [20, -1, -1, -1]
+    empty, _ = LexicalIndex.build([])
+    assert empty.sole_matches(["apple"]).tolist() == [-1]
+
+
 def test_unsorted_keys_map_to_positions() -> None:
     keys = np.array([50, 10, 40, 20, 30], dtype=np.int64)
     texts = ["apple", "banana", "cherry", "apple banana", "cherry"]

@@ -76,6 +76,19 @@ def test_a_standout_bm25_hit_leads_hybrid_unless_turned_off(idx: Path) -> None:
     assert result.exit_code == 2 and "--lead-margin" in result.output
 
 
+def test_the_sole_full_match_leads_hybrid_when_asked(idx: Path) -> None:
+    # "pump stock": only document 6 holds both words (2 holds "pump"); margin 1.0 keeps the margin rule out. The
+    # plain order is the tiny random model's, so the check is relative to it: 6 first, the others in that order.
+    opts = ("--mode", "hybrid", "-k", "6", "--weights", "dense=1,lexical=0.01", "--lead-margin", "1")
+    plain = query(idx, "pump stock", *opts)
+    assert query(idx, "pump stock", *opts, "--no-lead-sole-match") == plain
+    lead = query(idx, "pump stock", *opts, "--lead-sole-match")
+    assert [h["id"] for h in lead] == [6, *(h["id"] for h in plain if h["id"] != 6)]
+    assert lead[0]["score"] > lead[1]["score"]
+    # "pump": two documents hold it, so there is no sole full match and the rule changes nothing
+    assert query(idx, "pump", *opts, "--lead-sole-match") == query(idx, "pump", *opts)
+
+
 def test_manifest_records_lexical_side(idx: Path) -> None:
     manifest = json.loads((idx / "default" / "gen-000001" / "manifest.json").read_text())
     assert manifest["lexical"]["type"] == "bm25" and manifest["lexical"]["docs"] == len(ROWS)

@@ -151,6 +151,17 @@ def test_cli_lead_margin_option(built: tuple[Path, Path, Result]) -> None:
     assert result.exit_code == 2 and "--lead-margin" in result.output
 
 
+def test_cli_lead_sole_match_option(built: tuple[Path, Path, Result]) -> None:
+    folder, index_dir, _ = built
+    default = invoke("--beir", folder, "--index-dir", index_dir, "--modes", "hybrid", "--json", "-q")
+    assert json.loads(default.stdout)["fusion"]["lead_sole_match"] is False
+    result = invoke(
+        "--beir", folder, "--index-dir", index_dir, "--modes", "hybrid", "--json", "-q", "--lead-sole-match"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["fusion"]["lead_sole_match"] is True
+
+
 @pytest.mark.skipif(importlib.util.find_spec("pipeline.cli.eval_cmd") is None, reason="eval group not wired yet")
 def test_registered_under_bmsearch_eval(built: tuple[Path, Path, Result]) -> None:
     from tests.helpers import run

@@ -14,7 +14,8 @@ from pipeline.cli.options import (
     index_dir_option,
     lead_margin_option,
     output_options,
-    with_lead_margin,
+    sole_match_option,
+    with_lead_rules,
 )
 from pipeline.cli.output import CliProgress, emit_json, format_table, handle_errors
 
@@ -86,6 +87,7 @@ def _modes(text: str) -> list[str]:
 )
 @click.option("--rrf-k", type=click.FloatRange(0), default=None, help="RRF rank constant (default 60).")
 @lead_margin_option
+@sole_match_option
 @output_options
 @handle_errors
 def retrieval(
@@ -105,6 +107,7 @@ def retrieval(
     lexical_weight: float | None,
     rrf_k: float | None,
     lead_margin: float | type[LeadOff] | None,
+    lead_sole_match: bool | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -142,7 +145,7 @@ def retrieval(
         config = replace(config, weights={**config.weights, "lexical": lexical_weight})
     if rrf_k is not None:
         config = replace(config, rrf_k=rrf_k)
-    config = with_lead_margin(config, lead_margin)
+    config = with_lead_rules(config, lead_margin, lead_sole_match)
     searcher = Searcher(paths, model=model, encoder=EncoderConfig(device=device))
     try:
         report = evaluate_retrieval(searcher, queries, qrels, chosen, config)

@@ -118,6 +118,15 @@ def lead_margin_option(func: F) -> F:
     )(func)
 
 
+def sole_match_option(func: F) -> F:
+    return click.option(
+        "--lead-sole-match/--no-lead-sole-match",
+        default=None,
+        help="Hybrid: BM25's top hit also takes rank 1 when it is the only document holding every query term "
+        "(codes, names; costs natural questions a little, see docs/quality.md) [default: off].",
+    )(func)
+
+
 class LeadOff:
     """--lead-margin off, told apart from the option not being given (None)."""
 
@@ -136,10 +145,12 @@ def _lead_margin(ctx: click.Context, param: click.Parameter, text: str | None) -
     return value
 
 
-def with_lead_margin(config: Any, lead: float | type[LeadOff] | None) -> Any:
-    """The fusion config with --lead-margin applied (unchanged when the option was not given)."""
+def with_lead_rules(config: Any, lead: float | type[LeadOff] | None, sole_match: bool | None = None) -> Any:
+    """The fusion config with --lead-margin and --lead-sole-match applied (each unchanged when not given)."""
     from dataclasses import replace
 
-    if lead is None:
-        return config
-    return replace(config, lead_margin=None if lead is LeadOff else lead)
+    if lead is not None:
+        config = replace(config, lead_margin=None if lead is LeadOff else lead)
+    if sole_match is not None:
+        config = replace(config, lead_sole_match=sole_match)
+    return config

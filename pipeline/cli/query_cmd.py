@@ -11,7 +11,14 @@ from typing import Any
 
 import click
 
-from pipeline.cli.options import LeadOff, device_option, index_dir_option, lead_margin_option, with_lead_margin
+from pipeline.cli.options import (
+    LeadOff,
+    device_option,
+    index_dir_option,
+    lead_margin_option,
+    sole_match_option,
+    with_lead_rules,
+)
 from pipeline.cli.output import format_table, handle_errors
 
 
@@ -59,6 +66,7 @@ from pipeline.cli.output import format_table, handle_errors
 )
 @click.option("--weights", default=None, help="Hybrid weights, e.g. dense=1,lexical=0.2 (the default).")
 @lead_margin_option
+@sole_match_option
 @click.option("--model", "-m", default=None, help="Model to encode with; must match the index's manifest.")
 @device_option
 @handle_errors
@@ -77,6 +85,7 @@ def query(
     fusion: str | None,
     weights: str | None,
     lead_margin: float | type[LeadOff] | None,
+    lead_sole_match: bool | None,
     model: str | None,
     device: str,
 ) -> None:
@@ -90,7 +99,7 @@ def query(
     if text is not None and not text.strip():
         raise click.UsageError("the query text is empty")
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    fusion_config = with_lead_margin(_fusion_config(fusion, weights), lead_margin)
+    fusion_config = with_lead_rules(_fusion_config(fusion, weights), lead_margin, lead_sole_match)
     searcher = Searcher(resolve_name(index_dir, name), model=model, encoder=EncoderConfig(device=device))
     try:
         if queries_file is not None:
