@@ -23,11 +23,12 @@ from pipeline.retrieval_eval import _id_map, score_run, search_modes
 from pipeline.search import Searcher
 
 Lists = dict[str, tuple[np.ndarray, np.ndarray]]
-Rule = Callable[[Lists], np.ndarray]  # -> fused keys (n, 10)
+Rule = Callable[[Lists, np.ndarray], np.ndarray]  # (lists, sole full matches) -> fused keys (n, 10)
 
 
 def fetch(index_dir: Path, out: Path, label: str, beir: Path, index: str) -> tuple[Lists, list[str], dict]:
-    """Dense and lexical top-100 of the set's judged queries, cached as .npz, with each key's doc id."""
+    """Dense and lexical top-100 of the set's judged queries, cached as .npz, with each key's doc id, and each
+    query's sole full match (`LexicalIndex.sole_matches`), cached beside them."""
     queries, qrels = load_queries(beir / "queries.jsonl"), load_qrels(beir / "qrels" / "test.tsv")
     qids = [q for q, j in qrels.items() if any(g > 0 for g in j.values()) and queries.get(q, "").strip()]
     cache = out / f"{label.lstrip('*')}.npz"
@@ -41,10 +42,17 @@ def fetch(index_dir: Path, out: Path, label: str, beir: Path, index: str) -> tup
         (ds, dk), (ls, lk) = found["dense"], found["lexical"]
         keys = np.array(sorted(ids), np.int64)
         np.savez(cache, ds=ds, dk=dk, ls=ls, lk=lk, keys=keys, ids=np.array([ids[int(k)] for k in keys]))
+    sole_cache = out / f"{label.lstrip('*')}.sole.npy"
+    if not sole_cache.exists():
+        searcher = Searcher(IndexPaths.of(index_dir, index))
+        try:
+            np.save(sole_cache, searcher.generation.lexical.sole_matches([queries[q] for q in qids]))
+        finally:
+            searcher.close()
     z = np.load(cache)
     ids = dict(zip(z["keys"].tolist(), z["ids"].tolist(), strict=True))
     lists = {"dense": (z["ds"], z["dk"]), "lexical": (z["ls"], z["lk"])}
-    return lists, qids, {"ids": ids, "qrels": qrels}
+    return lists, qids, {"ids": ids, "qrels": qrels, "sole": np.load(sole_cache)}
 
 
 def ndcg(keys: np.ndarray, qids: list[str], ctx: dict) -> float:
@@ -78,7 +86,7 @@ def group_lead(margin: float, most: int, slot: int | None = None) -> Rule:
     """BM25's top m <= `most` hits lead (in fused order) when the m-th scores `margin` x s1 above the next; with
     `slot`, BM25's top hit is then moved up to rank `slot` when it sits lower or outside the list."""
 
-    def rule(lists: Lists) -> np.ndarray:
+    def rule(lists: Lists, sole: np.ndarray) -> np.ndarray:
         _, fused = fuse_modes(lists, 100, FusionConfig(lead_margin=None))
         scores, keys = lists["lexical"]
         out = []
@@ -102,21 +110,25 @@ def group_lead(margin: float, most: int, slot: int | None = None) -> Rule:
 
 def rules() -> dict[str, Rule]:
     def config(**kw: object) -> Rule:
-        return lambda lists: fuse_modes(lists, 10, FusionConfig(**kw))[1]  # type: ignore[arg-type]
+        return lambda lists, sole: fuse_modes(lists, 10, FusionConfig(**kw), sole)[1]  # type: ignore[arg-type]
 
     def gap_lead(tau: float) -> Rule:
-        def rule(lists: Lists) -> np.ndarray:
+        def rule(lists: Lists, sole: np.ndarray) -> np.ndarray:
             leads = np.where(margins(lists["lexical"])[1] >= tau, lists["lexical"][1][:, 0], -1)
             return put_first(*fuse_modes(lists, 10, FusionConfig(lead_margin=None)), leads)[1]
 
         return rule
 
     def weight(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Rule:
-        return lambda lists: per_query_weights(lists, fn(*margins(lists["lexical"])))
+        return lambda lists, sole: per_query_weights(lists, fn(*margins(lists["lexical"])))
+
+    def sole_only(lists: Lists, sole: np.ndarray) -> np.ndarray:
+        leads = np.where(sole == lists["lexical"][1][:, 0], sole, -1)
+        return put_first(*fuse_modes(lists, 10, FusionConfig(lead_margin=None)), leads)[1]
 
     out: dict[str, Rule] = {
-        "dense": lambda lists: lists["dense"][1][:, :10],
-        "BM25": lambda lists: lists["lexical"][1][:, :10],
+        "dense": lambda lists, sole: lists["dense"][1][:, :10],
+        "BM25": lambda lists, sole: lists["lexical"][1][:, :10],
     }
     for method, w in (("rrf", 0.2), ("minmax", 0.2), ("zscore", 0.2), ("zscore", 0.5), ("zscore", 1.0)):
         out[f"{method} lexical {w}"] = config(method=method, weights={"dense": 1.0, "lexical": w}, lead_margin=None)
@@ -132,6 +144,8 @@ def rules() -> dict[str, Rule]:
     for slot in (2, 3, 5, 10):
         out[f"lead 0.15, BM25 top hit kept in the first {slot}"] = group_lead(0.15, 1, slot)
     out["top m <= 2 lead at 0.15, BM25 top hit in the first 10"] = group_lead(0.15, 2, 10)
+    out["lead if BM25's top hit is the sole full match"] = sole_only
+    out["lead if margin >= 0.15 or sole full match (--lead-sole-match)"] = config(lead_sole_match=True)
     return out
 
 
@@ -143,7 +157,7 @@ def main() -> None:
         label, _, rest = arg.partition("=")
         beir, _, index = rest.rpartition("@")
         sets[label] = fetch(index_dir, out, label, Path(beir), index)
-    table = {name: {label: ndcg(rule(lists), qids, ctx) for label, (lists, qids, ctx) in sets.items()}
+    table = {name: {label: ndcg(rule(lists, ctx["sole"]), qids, ctx) for label, (lists, qids, ctx) in sets.items()}
              for name, rule in rules().items()}  # fmt: skip
     best = {label: max(table["dense"][label], table["BM25"][label]) for label in sets}
     print("rule".ljust(40), *[label.lstrip("*")[:12].rjust(12) for label in sets], "tune".rjust(7), "held".rjust(7))
