@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request
 
     from pipeline.encode import EncoderConfig
+    from pipeline.fusion import FusionConfig
     from pipeline.search import Searcher
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class ServerConfig:
     workers: int | None = None  # batches processed at once; None: see batch_plan
     warmup: bool = True  # encode one text at load so the first request is not slow
     freeze_gc: bool = True  # after loading, hide the loaded objects from the cyclic GC (the server owns its process)
+    fusion: FusionConfig | None = None  # how hybrid requests fuse; None: the library's defaults
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -254,9 +256,11 @@ class JobResult:
     hits: list[list[dict[str, Any]]]
 
 
-def process_jobs(jobs: list[SearchJob], metrics: ServerMetrics | None = None) -> list[JobResult | BaseException]:
+def process_jobs(
+    jobs: list[SearchJob], metrics: ServerMetrics | None = None, fusion: FusionConfig | None = None
+) -> list[JobResult | BaseException]:
     """Encode every job's queries with one encoder call per index, then search each group of jobs that
-    share k, filter, columns and mode with one search_encoded call."""
+    share k, filter, columns and mode with one search_encoded call (hybrid ones fused by `fusion`)."""
     import numpy as np
 
     results: list[JobResult | BaseException | None] = [None] * len(jobs)
@@ -295,7 +299,7 @@ def process_jobs(jobs: list[SearchJob], metrics: ServerMetrics | None = None) ->
                 stacked = np.concatenate([part for _, part in group]) if len(group) > 1 else group[0][1]
                 texts = [q for i, _ in group for q in jobs[i].queries]
                 hits = searcher.search_encoded(
-                    texts, stacked, job.k, job.where, job.columns, job.params or None, job.mode
+                    texts, stacked, job.k, job.where, job.columns, job.params or None, job.mode, fusion
                 )
             except BaseException as exc:
                 for i, _ in group:
@@ -446,7 +450,7 @@ class ServerState:
                 self._publish(p.name, searcher)
             self.searchers = searchers
             self.batcher = MicroBatcher(
-                lambda jobs: process_jobs(jobs, self.metrics),
+                lambda jobs: process_jobs(jobs, self.metrics, self.config.fusion),
                 max_batch=cfg.max_batch,
                 max_wait_ms=plan.max_wait_ms,
                 max_queue=cfg.max_queue,

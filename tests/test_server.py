@@ -24,7 +24,7 @@ from pipeline.encode import EncoderConfig
 from pipeline.layout import IndexPaths
 from pipeline.search import Searcher
 from tests.conftest import sample_texts
-from tests.helpers import write_parquet
+from tests.helpers import run, write_parquet
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -333,6 +333,47 @@ def test_lexical_and_hybrid_modes_with_filters(client: TestClient, rows: list[di
     body = {"query": word, "k": 4, "mode": "hybrid", "filter": [{"field": "genre", "op": "eq", "value": "comedy"}]}
     hybrid = client.post("/search", json=body).json()["results"][0]["hits"]
     assert len(hybrid) == 4 and all(h["genre"] == "comedy" for h in hybrid)
+
+
+def test_hybrid_requests_fuse_with_the_servers_fusion_config(
+    index_dir: Path, client: TestClient, rows: list[dict[str, Any]]
+) -> None:
+    from pipeline.fusion import FusionConfig
+    from pipeline.layout import IndexPaths
+    from pipeline.search import Searcher
+
+    query = " ".join(rows[7]["text"].split()[:5])  # several words: many BM25 hits to order
+    bm25_only = FusionConfig(weights={"dense": 0.0, "lexical": 1.0}, lead_sole_match=True)
+    searcher = Searcher(IndexPaths.of(index_dir, "docs"))
+    try:
+        expected = [h["id"] for h in searcher.search([query], 8, mode="hybrid", fusion=bm25_only)[0]]
+        default = [h["id"] for h in searcher.search([query], 8, mode="hybrid")[0]]
+    finally:
+        searcher.close()
+    assert expected != default, "the test needs a query whose fused order depends on the weights"
+    assert [h["id"] for h in search(client, query=query, k=8, mode="hybrid")["results"][0]["hits"]] == default
+    app = create_app(ServerConfig(index_dir=index_dir, reload_interval_s=0, fusion=bm25_only))
+    with TestClient(app) as configured:
+        wait_ready(configured)
+        hits = search(configured, query=query, k=8, mode="hybrid")["results"][0]["hits"]
+    assert [h["id"] for h in hits] == expected
+
+
+def test_serve_command_passes_its_hybrid_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import uvicorn
+
+    from pipeline import server
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(server, "create_app", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    args = ("--weights", "dense=1,lexical=0.5", "--lead-margin", "off", "--lead-sole-match")
+    result = run("serve", "--index-dir", tmp_path, *args)
+    assert result.exit_code == 0, result.output
+    fusion = seen["config"].fusion
+    assert fusion.weights == {"dense": 1.0, "lexical": 0.5} and fusion.lead_margin is None and fusion.lead_sole_match
+    bad = run("serve", "--index-dir", tmp_path, "--weights", "dense=x")
+    assert bad.exit_code == 2 and "--weights" in bad.output
 
 
 def test_mode_needs_a_lexical_side(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -154,3 +154,40 @@ def with_lead_rules(config: Any, lead: float | type[LeadOff] | None, sole_match:
     if sole_match is not None:
         config = replace(config, lead_sole_match=sole_match)
     return config
+
+
+def hybrid_options(func: F) -> F:
+    """--fusion, --weights, --lead-margin and --lead-sole-match: how hybrid mode fuses (see `hybrid_config`)."""
+    func = sole_match_option(func)
+    func = lead_margin_option(func)
+    func = click.option("--weights", default=None, help="Hybrid weights, e.g. dense=1,lexical=0.2 (the default).")(func)
+    return click.option(
+        "--fusion",
+        type=click.Choice(["rrf", "minmax", "zscore"]),
+        default=None,
+        help="How hybrid mode fuses the two lists [default: zscore, measured in docs/quality.md].",
+    )(func)
+
+
+def hybrid_config(
+    method: str | None, weights: str | None, lead: float | type[LeadOff] | None, sole_match: bool | None
+) -> Any:
+    """The FusionConfig of the `hybrid_options` given (the library's defaults for those not given)."""
+    from pipeline.fusion import FusionConfig
+
+    config = FusionConfig()
+    if method:
+        config = FusionConfig(method=method)
+    if weights:
+        parsed = {}
+        for part in weights.split(","):
+            name, _, value = part.partition("=")
+            try:
+                parsed[name.strip()] = float(value)
+            except ValueError:
+                raise click.BadParameter(f"{part!r} is not mode=weight", param_hint="--weights") from None
+        unknown = set(parsed) - {"dense", "lexical"}
+        if unknown:
+            raise click.BadParameter(f"unknown mode(s) {', '.join(sorted(unknown))}", param_hint="--weights")
+        config = FusionConfig(method=config.method, weights=parsed)
+    return with_lead_rules(config, lead, sole_match)

@@ -7,18 +7,10 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from pipeline.cli.options import (
-    LeadOff,
-    device_option,
-    index_dir_option,
-    lead_margin_option,
-    sole_match_option,
-    with_lead_rules,
-)
+from pipeline.cli.options import LeadOff, device_option, hybrid_config, hybrid_options, index_dir_option
 from pipeline.cli.output import format_table, handle_errors
 
 
@@ -58,15 +50,7 @@ from pipeline.cli.output import format_table, handle_errors
     show_default=True,
     help="Dense vectors, BM25, or both fused.",
 )
-@click.option(
-    "--fusion",
-    type=click.Choice(["rrf", "minmax", "zscore"]),
-    default=None,
-    help="How hybrid mode fuses the two lists [default: zscore, measured in docs/quality.md].",
-)
-@click.option("--weights", default=None, help="Hybrid weights, e.g. dense=1,lexical=0.2 (the default).")
-@lead_margin_option
-@sole_match_option
+@hybrid_options
 @click.option("--model", "-m", default=None, help="Model to encode with; must match the index's manifest.")
 @device_option
 @handle_errors
@@ -99,7 +83,7 @@ def query(
     if text is not None and not text.strip():
         raise click.UsageError("the query text is empty")
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    fusion_config = with_lead_rules(_fusion_config(fusion, weights), lead_margin, lead_sole_match)
+    fusion_config = hybrid_config(fusion, weights, lead_margin, lead_sole_match)
     searcher = Searcher(resolve_name(index_dir, name), model=model, encoder=EncoderConfig(device=device))
     try:
         if queries_file is not None:
@@ -120,26 +104,6 @@ def query(
         _print_hits(hits, fmt or "table")
     finally:
         searcher.close()
-
-
-def _fusion_config(method: str | None, weights: str | None) -> Any:
-    from pipeline.fusion import FusionConfig
-
-    base = FusionConfig()
-    method = method or base.method
-    if not weights:
-        return FusionConfig(method=method)
-    parsed = {}
-    for part in weights.split(","):
-        name, _, value = part.partition("=")
-        try:
-            parsed[name.strip()] = float(value)
-        except ValueError:
-            raise click.BadParameter(f"{part!r} is not mode=weight", param_hint="--weights") from None
-    unknown = set(parsed) - {"dense", "lexical"}
-    if unknown:
-        raise click.BadParameter(f"unknown mode(s) {', '.join(sorted(unknown))}", param_hint="--weights")
-    return FusionConfig(method=method, weights=parsed)
 
 
 def _print_hits(hits: list[dict], fmt: str) -> None:

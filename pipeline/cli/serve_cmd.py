@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import device_option, index_dir_option, uvicorn_options
+from pipeline.cli.options import (
+    LeadOff,
+    device_option,
+    hybrid_config,
+    hybrid_options,
+    index_dir_option,
+    uvicorn_options,
+)
 from pipeline.cli.output import handle_errors
 
 
@@ -71,6 +78,7 @@ from pipeline.cli.output import handle_errors
     help="Once loaded, keep the loaded model and indexes out of Python's cyclic GC, whose full passes over "
     "them stall requests.",
 )
+@hybrid_options
 @uvicorn_options
 @click.option(
     "--log-level",
@@ -94,6 +102,10 @@ def serve(
     threads: int | None,
     workers: int | None,
     gc_freeze: bool,
+    fusion: str | None,
+    weights: str | None,
+    lead_margin: float | type[LeadOff] | None,
+    lead_sole_match: bool | None,
     http: str,
     loop: str,
     log_level: str,
@@ -125,6 +137,7 @@ def serve(
         threads=threads,
         workers=workers,
         freeze_gc=gc_freeze,
+        fusion=hybrid_config(fusion, weights, lead_margin, lead_sole_match),
     )
     uvicorn.run(
         create_app(config),
