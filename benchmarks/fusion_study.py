@@ -52,7 +52,8 @@ def fetch(index_dir: Path, out: Path, label: str, beir: Path, index: str) -> tup
     z = np.load(cache)
     ids = dict(zip(z["keys"].tolist(), z["ids"].tolist(), strict=True))
     lists = {"dense": (z["ds"], z["dk"]), "lexical": (z["ls"], z["lk"])}
-    return lists, qids, {"ids": ids, "qrels": qrels, "sole": np.load(sole_cache)}
+    texts = [queries[q] for q in qids]
+    return lists, qids, {"ids": ids, "qrels": qrels, "sole": np.load(sole_cache), "texts": texts}
 
 
 def ndcg(keys: np.ndarray, qids: list[str], ctx: dict) -> float:
@@ -167,6 +168,25 @@ def main() -> None:
         held = min((v for label, v in short.items() if label.startswith("*")), default=0.0)
         print(name.ljust(40), *[f"{row[label]:12.2f}" for label in sets], f"{tune:7.2f}", f"{held:7.2f}")
     (out / "study.json").write_text(json.dumps(table, indent=1) + "\n")
+    show_changes(
+        sets, rules(), "lead if margin >= 0.15", "lead if margin >= 0.15 or sole full match (--lead-sole-match)"
+    )
+
+
+def show_changes(sets: dict, all_rules: dict[str, Rule], before: str, after: str) -> None:
+    """The queries of the natural (non-synthetic) sets whose ranking `after` changes from `before`: the grade of
+    its new first hit and the query's nDCG@10 either way."""
+    print(f"\nqueries whose ranking changes from '{before}' to '{after}':")
+    for label, (lists, qids, ctx) in sets.items():
+        old, new = all_rules[before](lists, ctx["sole"]), all_rules[after](lists, ctx["sole"])
+        sole, top = ctx["sole"], lists["lexical"][1][:, 0]
+        print(f"  {label}: {len(qids)} queries, {int((sole >= 0).sum())} with a sole full match, "
+              f"{int(((sole >= 0) & (sole == top)).sum())} of them BM25's top hit")  # fmt: skip
+        for i in np.flatnonzero((old != new).any(axis=1)):
+            one = {"ids": ctx["ids"], "qrels": {qids[i]: ctx["qrels"][qids[i]]}}
+            grade = ctx["qrels"][qids[i]].get(ctx["ids"].get(int(new[i][0])), 0)
+            a, b = ndcg(old[i : i + 1], [qids[i]], one), ndcg(new[i : i + 1], [qids[i]], one)
+            print(f"  {label}: {ctx['texts'][i]!r}: first hit's grade {grade}, nDCG@10 {a:.1f} -> {b:.1f}")
 
 
 if __name__ == "__main__":
