@@ -41,6 +41,7 @@ class ServeBenchConfig:
     requests: int = 1000  # per (max_batch, clients) run, after the warm-up (16 clients: a few seconds)
     warmup: int = 20
     k: int = 10
+    mode: str = "dense"  # the requests' search mode; lexical and hybrid give the benchmark index a BM25 side
     max_batch: int = 64
     max_wait_ms: float | None = None  # the server's --max-wait-ms (None: its default)
     compare_unbatched: bool = True  # also run with --max-batch 1
@@ -106,6 +107,7 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
     from pipeline.config import BuildOptions
     from pipeline.encode import EncoderConfig
     from pipeline.layout import IndexPaths
+    from pipeline.lexical import LEXICAL_DIR
     from pipeline.manifest import read_manifest
 
     model = config.model or default_model()
@@ -120,7 +122,9 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
     built_s = None
     current = paths.current()
     cached = read_manifest(paths.generation(current))["index"] if current is not None else None
-    if cached is None or cached.get("factory") != _wanted_factory(config, cached):
+    has_lexical = current is not None and (paths.generation(current) / LEXICAL_DIR).is_dir()
+    lexical = has_lexical or config.mode != "dense"
+    if cached is None or cached.get("factory") != _wanted_factory(config, cached) or lexical != has_lexical:
         parquet = root / f"{name}.parquet"
         if cached is None or not parquet.exists():  # the same rows either way: ids and texts are the corpus's
             parquet.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +139,8 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
                 id_column="id",
                 encoder=EncoderConfig(device=config.device, backend=config.backend),
                 index_type=config.index_type,
-                rebuild=cached is not None,  # another index type: from the cached embeddings, none re-encoded
-                lexical=False,
+                rebuild=cached is not None,  # another index type or a BM25 side: from the cached embeddings
+                lexical=lexical,
             ),
             progress or NoProgress(),
         )
@@ -260,7 +264,7 @@ class ServerProcess:
 
 
 async def _load(
-    url: str, queries: list[str], clients: int, requests: int, k: int, time_limit_s: float
+    url: str, queries: list[str], clients: int, requests: int, k: int, time_limit_s: float, mode: str = "dense"
 ) -> dict[str, Any]:
     """`clients` concurrent loops share `requests` POST /search calls; stops after time_limit_s regardless.
 
@@ -280,7 +284,7 @@ async def _load(
         while issued < requests and time.monotonic() < deadline:
             n = issued
             issued += 1
-            body = {"query": queries[n % len(queries)], "k": k}
+            body = {"query": queries[n % len(queries)], "k": k, "mode": mode}
             started = time.perf_counter()
             try:
                 async with session.post(f"{url}/search", json=body) as response:
@@ -357,7 +361,7 @@ def pipeline_ceiling(
     searcher = Searcher(IndexPaths.of(index["index_dir"], index["name"]), model=index["model_path"], encoder=encoder)
     froze = False
     try:
-        searcher.search(queries[:8], config.k)  # warm-up: first calls allocate
+        searcher.search(queries[:8], config.k, mode=config.mode)  # warm-up: first calls allocate
         froze = config.gc_freeze and freeze_loaded()  # as the server does once loaded
         out = []
         for clients in client_counts:
@@ -379,7 +383,8 @@ def pipeline_ceiling(
                         pending.popleft().result()
                         if progress is not None:
                             progress.advance(1)
-                    pending.append(batcher.submit(SearchJob(index["name"], searcher, [text], config.k)))
+                    job = SearchJob(index["name"], searcher, [text], config.k, mode=config.mode)
+                    pending.append(batcher.submit(job))
                 for future in pending:
                     future.result()
                 seconds = time.perf_counter() - started
@@ -413,11 +418,13 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
             server.wait_ready(config.startup_timeout_s)
             for clients in config.clients:
                 progress.stage(f"max_batch={max_batch} clients={clients}", config.requests, "requests")
-                asyncio.run(_load(server.url, queries, clients, config.warmup, config.k, config.time_limit_s))
+                asyncio.run(
+                    _load(server.url, queries, clients, config.warmup, config.k, config.time_limit_s, config.mode)
+                )
                 warm = server.metrics()
                 server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
                 result = asyncio.run(
-                    _load(server.url, queries, clients, config.requests, config.k, config.time_limit_s)
+                    _load(server.url, queries, clients, config.requests, config.k, config.time_limit_s, config.mode)
                 )
                 server_cpu, client_cpu = server.cpu_seconds() - server_cpu, time.process_time() - client_cpu
                 after = server.metrics()
@@ -591,7 +598,7 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         f"(HTML removed, cut to {SENTENCE_WORDS} words, about 32 tokens), model {idx['model']}, "
         f"FAISS {idx['index_type']}. Server: {_server_line(result.get('server'))}, "
         f"GC freeze {'on' if cfg.get('gc_freeze', True) else 'off'}. "
-        f"Queries: the second sentence of reviews; k={cfg['k']}. "
+        f"Queries: the second sentence of reviews; k={cfg['k']}, {cfg.get('mode', 'dense')} search. "
         f"Each run: {cfg['requests']} requests after {cfg['warmup']} warm-up requests, server and "
         f"clients (asyncio + aiohttp, one connection per client) on the same machine over loopback.",
         "",

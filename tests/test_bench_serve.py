@@ -172,6 +172,25 @@ def test_whole_run_against_a_server_subprocess(bench_setup: tuple[ServeBenchConf
     assert "thread(s), wait" in markdown and "aiohttp" in markdown
 
 
+def test_hybrid_mode_adds_a_bm25_side_and_serves_hybrid_requests(
+    bench_setup: tuple[ServeBenchConfig, dict[str, Any]],
+) -> None:
+    from dataclasses import replace
+
+    from pipeline.layout import IndexPaths
+
+    config, index = bench_setup
+    hybrid = replace(config, mode="hybrid", clients=(2,), ceiling_queries=6)
+    built = prepare_index(hybrid)
+    generation = IndexPaths.of(Path(built["index_dir"]), built["name"]).require_current()
+    assert built["built_s"] is not None and (generation / "lexical").is_dir() and built["rows"] == 120
+    assert prepare_index(config)["built_s"] is None  # a BM25 side is kept for dense runs too
+    result = run_serve_bench(hybrid)
+    assert [(r["clients"], r["requests"], r["errors"]) for r in result["runs"]] == [(2, 12, 0)]
+    assert result["ceiling"][0]["queries"] == 6
+    assert "hybrid search" in render_markdown(result, "bmsearch bench serve --mode hybrid")
+
+
 def test_cli_rejects_bad_client_counts() -> None:
     result = run("bench", "serve", "--clients", "1,x")
     assert result.exit_code == 2 and "comma-separated" in result.output

@@ -44,6 +44,13 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
 )
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["dense", "lexical", "hybrid"]),
+    default="dense",
+    show_default=True,
+    help="The requests' search mode (lexical and hybrid add a BM25 side to the cached index).",
+)
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option(
     "--max-wait-ms",
@@ -103,6 +110,7 @@ def command(
     requests: int,
     warmup: int,
     k: int,
+    mode: str,
     max_batch: int,
     max_wait_ms: float | None,
     compare: bool,
@@ -143,6 +151,7 @@ def command(
         requests=requests,
         warmup=warmup,
         k=k,
+        mode=mode,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         compare_unbatched=compare,
