@@ -179,7 +179,7 @@ def test_hybrid_mode_adds_a_bm25_side_and_serves_hybrid_requests(
 
     from pipeline.layout import IndexPaths
 
-    config, index = bench_setup
+    config, _ = bench_setup
     hybrid = replace(config, mode="hybrid", clients=(2,), ceiling_queries=6)
     built = prepare_index(hybrid)
     generation = IndexPaths.of(Path(built["index_dir"]), built["name"]).require_current()
