@@ -109,7 +109,6 @@ def search_modes(
     need_lexical = "lexical" in modes or "hybrid" in modes
     times = timings if timings is not None else {}
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    sole = None
     if need_dense:
         t0 = time.perf_counter()
         vectors = searcher.encoder.encode(list(queries))
@@ -122,11 +121,12 @@ def search_modes(
             lexical = open_lexical(lexical_path(searcher))
         t0 = time.perf_counter()
         found["lexical"] = lexical.search(list(queries), depth)
-        sole = lexical.sole_matches(list(queries)) if "hybrid" in modes and fusion.lead_sole_match else None
         times["lexical"] = time.perf_counter() - t0
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if "hybrid" in modes:
         t0 = time.perf_counter()
+        # the sole-match lookup serves only the hybrid rule, so it counts in hybrid's time, not in lexical's
+        sole = lexical.sole_matches(list(queries)) if fusion.lead_sole_match else None
         out["hybrid"] = fuse_modes({"dense": found["dense"], "lexical": found["lexical"]}, k, fusion, sole)
         times["hybrid"] = times["dense"] + times["lexical"] + time.perf_counter() - t0
     for mode in ("dense", "lexical"):
