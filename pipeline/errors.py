@@ -40,7 +40,9 @@ class LockedError(BmsearchError):
 
 
 class FilterError(BmsearchError):
-    """A --where condition or structured filter is not valid."""
+    """A --where condition or structured filter is not valid: always one the user wrote, so a usage error."""
+
+    exit_code = 2
 
 
 class IndexBuildError(BmsearchError):

@@ -26,6 +26,9 @@ def read_queries(path: Path, text_column: str = "text", id_column: str | None = 
             raise CorpusError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
         if text_column not in table.column_names:
             raise CorpusError(f"{path} has no column {text_column!r}; its columns are: {', '.join(table.column_names)}")
+        kind = table.schema.field(text_column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise CorpusError(f"query column {text_column!r} in {path} is {kind}, not a string")
         texts = table.column(text_column).to_pylist()
         if id_column is None and "id" in table.column_names:
             id_column = "id"

@@ -135,13 +135,13 @@ def test_corrupt_manifest(built: Path) -> None:
 
 
 def test_invalid_where(built: Path) -> None:
-    _one_line_error(run("query", "river", "--index-dir", built, "--where", "text LIKE"), 1, "invalid filter")
-    _one_line_error(run("query", "river", "--index-dir", built, "--where", "nosuchcol = 1"), 1, "invalid filter")
+    _one_line_error(run("query", "river", "--index-dir", built, "--where", "text LIKE"), 2, "invalid filter")
+    _one_line_error(run("query", "river", "--index-dir", built, "--where", "nosuchcol = 1"), 2, "invalid filter")
 
 
 def test_where_cannot_write(built: Path) -> None:
     result = run("query", "river", "--index-dir", built, "--where", "1=1); DELETE FROM docs; SELECT (1")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert run("query", "river", "--index-dir", built, "-k", "20", "--format", "json").stdout.count('"rank"') == 20
 
 

@@ -12,8 +12,26 @@ from pipeline.cli.options import backend_option, data_dir_option, record_option
 from pipeline.cli.output import emit_json, handle_errors
 
 
+def _sizes(ctx: click.Context, param: click.Parameter, text: str) -> list[int]:
+    """--rows '100000,1000000' -> [100000, 1000000], sorted; anything but positive whole numbers is a usage error."""
+    try:
+        sizes = sorted(int(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of row counts") from None
+    if any(n < 1 for n in sizes):
+        raise click.BadParameter("row counts must be at least 1")
+    return sizes
+
+
 @click.command("memory")
-@click.option("--rows", default="100000,1000000", show_default=True, help="Comma-separated corpus sizes.")
+@click.option(
+    "--rows",
+    "sizes",
+    default="100000,1000000",
+    show_default=True,
+    callback=_sizes,
+    help="Comma-separated corpus sizes.",
+)
 @click.option("--model", "-m", default=None, help="Model to index with [default: a random --arch model].")
 @click.option("--arch", default="bert-tiny", show_default=True, help="Random-weight architecture when no --model.")
 @backend_option("torch")
@@ -22,14 +40,17 @@ from pipeline.cli.output import emit_json, handle_errors
 @record_option
 @handle_errors
 def command(
-    rows: str, model: str | None, arch: str, backend: str, data_dir: Path | None, as_json: bool, record: Path | None
+    sizes: list[int],
+    model: str | None,
+    arch: str,
+    backend: str,
+    data_dir: Path | None,
+    as_json: bool,
+    record: Path | None,
 ) -> None:
     """Index each corpus size from scratch in its own process and report peak RSS and the ratio."""
-    from pipeline.bench_common import append_record
+    from pipeline.bench_common import append_record, shared_data_dir
     from pipeline.bench_memory import markdown_section, run_memory_bench
-
-    sizes = sorted(int(x) for x in rows.split(","))
-    from pipeline.bench_common import shared_data_dir
 
     data = data_dir or shared_data_dir()
     result = run_memory_bench(sizes, data, model, arch, backend)

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pipeline.cli.options import index_dir_option
 from pipeline.cli.output import emit_json, format_table, handle_errors
+from pipeline.errors import BmsearchError
+
+if TYPE_CHECKING:
+    from pipeline.layout import IndexPaths
 
 
 @click.command()
 @click.argument("name", required=False)
+@click.option("--index", "-i", "index_name", default=None, help="Index name, as query and serve take it (or NAME).")
 @index_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 @handle_errors
-def info(name: str | None, index_dir: str, as_json: bool) -> None:
-    """Show the manifest and counts of index NAME (default: the only index present)."""
+def info(name: str | None, index_name: str | None, index_dir: str, as_json: bool) -> None:
+    """Show the manifest and counts of index NAME or --index (default: the only index present)."""
     from pipeline.layout import resolve_name
     from pipeline.manifest import describe_model, read_manifest
 
-    paths = resolve_name(index_dir, name)
+    if name and index_name and name != index_name:
+        raise click.UsageError(f"two index names given ({name!r} and --index {index_name!r}); give one")
+    paths = resolve_name(index_dir, name or index_name)
     manifest = read_manifest(paths.require_current())
     if as_json:
         emit_json(manifest)
@@ -55,26 +63,42 @@ def info(name: str | None, index_dir: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def list_indexes(index_dir: str, as_json: bool) -> None:
-    """List the indexes in the index directory."""
+    """List the indexes in the index directory; one that cannot be read is listed with its error (exit 1)."""
     from pipeline.layout import list_indexes as find
-    from pipeline.manifest import read_manifest
 
-    rows = []
-    for paths in find(index_dir):
-        manifest = read_manifest(paths.require_current())
-        rows.append(
-            {
-                "name": paths.name,
-                "generation": manifest["generation"],
-                "rows": manifest["counts"]["rows"],
-                "model": manifest["model"]["name"],
-                "index": manifest["index"]["type"],
-                "created": manifest["created"],
-            }
-        )
+    rows = [_list_row(paths) for paths in find(index_dir)]
+    broken = [row["name"] for row in rows if row["error"]]
     if as_json:
         emit_json(rows)
     elif rows:
-        click.echo(format_table(rows, list(rows[0])))
+        columns = [c for c in LIST_COLUMNS if c != "error" or broken]
+        click.echo(format_table(rows, columns, uncut={"error"}))
     else:
         click.echo(f"no indexes in {index_dir}", err=True)
+    if broken:
+        raise click.ClickException(f"{len(broken)} of {len(rows)} indexes cannot be read: {', '.join(broken)}")
+
+
+LIST_COLUMNS = ("name", "generation", "rows", "model", "index", "created", "error")
+
+
+def _list_row(paths: IndexPaths) -> dict[str, Any]:
+    """One row of `list`: the manifest's summary, or the error that reading it raised (other fields None)."""
+    from pipeline.manifest import read_manifest
+
+    row: dict[str, Any] = dict.fromkeys(LIST_COLUMNS)
+    row["name"] = paths.name
+    try:
+        manifest = read_manifest(paths.require_current())
+        row.update(
+            generation=manifest["generation"],
+            rows=manifest["counts"]["rows"],
+            model=manifest["model"]["name"],
+            index=manifest["index"]["type"],
+            created=manifest["created"],
+        )
+    except BmsearchError as exc:
+        row["error"] = str(exc)
+    except (KeyError, TypeError) as exc:  # a manifest that parses but lacks a field or nests otherwise
+        row["error"] = f"its manifest does not have the expected fields ({type(exc).__name__}: {exc})"
+    return row

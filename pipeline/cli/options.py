@@ -160,7 +160,11 @@ def hybrid_options(func: F) -> F:
     """--fusion, --weights, --lead-margin and --lead-sole-match: how hybrid mode fuses (see `hybrid_config`)."""
     func = sole_match_option(func)
     func = lead_margin_option(func)
-    func = click.option("--weights", default=None, help="Hybrid weights, e.g. dense=1,lexical=0.2 (the default).")(func)
+    func = click.option(
+        "--weights",
+        default=None,
+        help="Hybrid weights, e.g. dense=1,lexical=0.2 (the default); a mode not named keeps its default.",
+    )(func)
     return click.option(
         "--fusion",
         type=click.Choice(["rrf", "minmax", "zscore"]),
@@ -172,22 +176,32 @@ def hybrid_options(func: F) -> F:
 def hybrid_config(
     method: str | None, weights: str | None, lead: float | type[LeadOff] | None, sole_match: bool | None
 ) -> Any:
-    """The FusionConfig of the `hybrid_options` given (the library's defaults for those not given)."""
+    """The FusionConfig of the `hybrid_options` given (the library's defaults for those not given).
+
+    --weights names only the modes it changes: `dense=1` keeps the default lexical weight.
+    """
+    from dataclasses import replace
+
     from pipeline.fusion import FusionConfig
 
     config = FusionConfig()
     if method:
-        config = FusionConfig(method=method)
+        config = replace(config, method=method)
     if weights:
-        parsed = {}
-        for part in weights.split(","):
-            name, _, value = part.partition("=")
-            try:
-                parsed[name.strip()] = float(value)
-            except ValueError:
-                raise click.BadParameter(f"{part!r} is not mode=weight", param_hint="--weights") from None
-        unknown = set(parsed) - {"dense", "lexical"}
-        if unknown:
-            raise click.BadParameter(f"unknown mode(s) {', '.join(sorted(unknown))}", param_hint="--weights")
-        config = FusionConfig(method=config.method, weights=parsed)
+        config = replace(config, weights={**config.weights, **parse_weights(weights)})
     return with_lead_rules(config, lead, sole_match)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """'dense=1,lexical=0.5' -> {'dense': 1.0, 'lexical': 0.5}; only the modes named."""
+    parsed = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            parsed[name.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is not mode=weight", param_hint="--weights") from None
+    unknown = set(parsed) - {"dense", "lexical"}
+    if unknown:
+        raise click.BadParameter(f"unknown mode(s) {', '.join(sorted(unknown))}", param_hint="--weights")
+    return parsed

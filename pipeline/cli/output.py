@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -44,7 +44,12 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool((click.get_current_context().find_root().obj or {}).get("debug"))
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            sys.stdout.flush()  # a reader that went away shows here, not in Python's flush at exit
+            return result
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            sys.exit(EXIT_BROKEN_PIPE)
         except BmsearchError as exc:
             if debug:
                 raise
@@ -63,6 +68,23 @@ def handle_errors(func: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+# The reader of stdout closed it (`bmsearch query ... | head -1`): stop quietly with the code a process killed
+# by SIGPIPE gets in the shell (128 + 13), as `grep`, `cat` and other Unix tools do, so `set -o pipefail`
+# scripts see the same status as with them; no message, since the reader asked for no more.
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail again on the closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture stdout in memory)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 class CliProgress:
@@ -113,15 +135,17 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, default=str, ensure_ascii=False))
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], max_width: int = 60) -> str:
-    """A plain aligned text table; long cells are cut with an ellipsis."""
+def format_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], max_width: int = 60, uncut: Collection[str] = ()
+) -> str:
+    """A plain aligned text table; long cells are cut with an ellipsis, except in the `uncut` columns."""
 
-    def cell(value: Any) -> str:
+    def cell(value: Any, column: str) -> str:
         text = "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
         text = " ".join(text.split())
-        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+        return text if len(text) <= max_width or column in uncut else text[: max_width - 1] + "…"
 
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[cell(r.get(c), c) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))

@@ -35,13 +35,13 @@ from pipeline.cli.output import format_table, handle_errors
     default=None,
     help="Parquet (text and optional id column) or text file of one query per line.",
 )
-@click.option("--query-column", default="text", show_default=True, help="Text column of a Parquet --queries file.")
+@click.option("--query-column", default=None, help="Text column of a Parquet --queries file [default: text].")
 @click.option(
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write --queries results here (.parquet or .jsonl).",
+    help="Write --queries results here: .parquet or .jsonl (another name needs --format).",
 )
 @click.option(
     "--mode",
@@ -63,7 +63,7 @@ def query(
     columns: str | None,
     fmt: str | None,
     queries_file: Path | None,
-    query_column: str,
+    query_column: str | None,
     output: Path | None,
     mode: str,
     fusion: str | None,
@@ -82,18 +82,25 @@ def query(
         raise click.UsageError("give either a query TEXT or --queries FILE")
     if text is not None and not text.strip():
         raise click.UsageError("the query text is empty")
+    if queries_file is None:
+        for given, option in ((output, "--output"), (query_column, "--query-column")):
+            if given is not None:
+                raise click.UsageError(f"{option} goes with --queries FILE; a single query prints to stdout")
+    else:
+        fmt = _batch_format(fmt, output)
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     fusion_config = hybrid_config(fusion, weights, lead_margin, lead_sole_match)
+    pairs = None
+    if queries_file is not None:
+        from pipeline.queries import read_queries
+
+        pairs = read_queries(queries_file, query_column or "text")
     searcher = Searcher(resolve_name(index_dir, name), model=model, encoder=EncoderConfig(device=device))
     try:
-        if queries_file is not None:
-            from pipeline.queries import read_queries, run_queries, write_hits
+        if pairs is not None:
+            from pipeline.queries import run_queries, write_hits
 
-            if fmt is None:
-                fmt = "parquet" if output is not None and output.suffix == ".parquet" else "jsonl"
-            if fmt not in ("jsonl", "parquet"):
-                raise click.UsageError("--queries writes jsonl or parquet")
-            pairs = read_queries(queries_file, query_column)
+            assert fmt is not None
             hits_iter = run_queries(searcher, pairs, top_k, where, cols, mode=mode, fusion=fusion_config)
             count = write_hits(hits_iter, output, fmt)
             if output is not None:
@@ -104,6 +111,32 @@ def query(
         _print_hits(hits, fmt or "table")
     finally:
         searcher.close()
+
+
+BATCH_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}  # output suffix -> format that --queries writes
+
+
+def _batch_format(fmt: str | None, output: Path | None) -> str:
+    """The format --queries writes: --format, else the --output suffix, else jsonl on stdout.
+
+    Checked before the model loads, so a bad --output fails at once rather than after every query ran.
+    """
+    if fmt is not None and fmt not in BATCH_FORMATS.values():
+        raise click.UsageError(f"--queries writes {' or '.join(BATCH_FORMATS.values())}, not {fmt}")
+    if output is None:
+        if fmt == "parquet":
+            raise click.UsageError("--format parquet needs --output FILE")
+        return fmt or "jsonl"
+    if not output.parent.is_dir():
+        raise click.BadParameter(f"folder {output.parent} does not exist", param_hint="--output")
+    if fmt is None:
+        fmt = BATCH_FORMATS.get(output.suffix.lower())
+        if fmt is None:
+            raise click.BadParameter(
+                f"cannot tell the format of {output.name}: name it .parquet or .jsonl, or give --format",
+                param_hint="--output",
+            )
+    return fmt
 
 
 def _print_hits(hits: list[dict], fmt: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from pathlib import Path
 
@@ -117,6 +118,10 @@ def serve(
     """
     import logging
 
+    fusion_config = hybrid_config(fusion, weights, lead_margin, lead_sole_match)
+    _check_indexes(index_dir, indexes)
+    _check_bind(host, port)
+
     import uvicorn
 
     from pipeline.server import ServerConfig, create_app
@@ -137,17 +142,64 @@ def serve(
         threads=threads,
         workers=workers,
         freeze_gc=gc_freeze,
-        fusion=hybrid_config(fusion, weights, lead_margin, lead_sole_match),
+        fusion=fusion_config,
     )
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        http=http,
-        loop=loop,
-        log_level=log_level,
-        access_log=log_level == "debug",
-    )
+    try:
+        uvicorn.run(
+            create_app(config),
+            host=host,
+            port=port,
+            http=http,
+            loop=loop,
+            log_level=log_level,
+            access_log=log_level == "debug",
+        )
+    except SystemExit as exc:
+        # uvicorn calls sys.exit(3) when it cannot start (a bind failure the checks above could not foresee)
+        if exc.code not in (0, None):
+            message = f"the server could not start on {host}:{port} (uvicorn exited with code {exc.code})"
+            raise click.ClickException(message) from None
+        raise
+
+
+def _check_indexes(index_dir: str, names: tuple[str, ...]) -> None:
+    """Fail now, with the usual one-line error, if an index to serve is missing or has no live generation.
+
+    The server loads its indexes in the background after binding, where a failure is only logged.
+    """
+    from pipeline.errors import IndexNotFoundError
+    from pipeline.layout import IndexPaths, list_indexes
+
+    paths = [IndexPaths.of(index_dir, name) for name in names] if names else list_indexes(index_dir)
+    if not paths:
+        raise IndexNotFoundError(f"no index in {index_dir}; build one with `bmsearch index`")
+    for p in paths:
+        p.require_current()
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Refuse a host that does not resolve or a port already taken, before the model loads.
+
+    uvicorn would log the error and exit with code 3. Each address is bound as asyncio's create_server
+    binds it (SO_REUSEADDR, IPv6 only on IPv6 sockets), so a port in TIME_WAIT is not reported as taken.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot resolve host {host!r} ({exc.strerror})") from None
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise click.ClickException(f"port {port} on {host} is in use") from None
+                raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror})") from None
 
 
 def _is_loopback(host: str) -> bool:
