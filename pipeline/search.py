@@ -16,7 +16,7 @@ from pipeline.corpus import HASH, KEY
 from pipeline.encode import EncoderConfig
 from pipeline.errors import IndexCorruptError, ModelError, UsageError
 from pipeline.layout import IndexPaths
-from pipeline.manifest import check_model, read_manifest
+from pipeline.manifest import check_model, read_manifest, same_model
 from pipeline.model import ModelRef, resolve_model
 from pipeline.store import DB_NAME, Store
 from pipeline.vector_build import VECTORS_FILE
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HIDDEN_COLUMNS = (KEY, HASH)
 MODES = ("dense", "lexical", "hybrid")
+HIT_FIELDS = ("rank", "score", "id")  # every hit's own keys; metadata columns of these names are renamed
 
 
 @dataclass
@@ -41,7 +42,9 @@ class Generation:
     _lexical: Any = None
 
     @classmethod
-    def open(cls, paths: IndexPaths) -> Generation:
+    def open(cls, paths: IndexPaths, lexical: bool = False) -> Generation:
+        """The live generation; with `lexical`, its BM25 side is opened now rather than on first use, so it
+        stays readable should the build prune this generation's folder while it is still being served."""
         path = paths.require_current()
         manifest = read_manifest(path)
         file = path / VECTORS_FILE
@@ -57,7 +60,14 @@ class Generation:
                 f"{manifest['counts']['rows']}; rebuild the index with --overwrite"
             )
         store = Store(path / DB_NAME, read_only=True)
-        return cls(int(path.name[4:]), path, manifest, index, store)
+        generation = cls(int(path.name[4:]), path, manifest, index, store)
+        if lexical and manifest.get("lexical"):
+            try:
+                _ = generation.lexical
+            except BaseException:
+                store.close()
+                raise
+        return generation
 
     @property
     def lexical(self) -> Any:
@@ -77,16 +87,34 @@ class Generation:
         self.store.close()
 
 
+@dataclass(frozen=True)
+class Live:
+    """A generation and the encoder for its model, read and switched together (encoder None until needed)."""
+
+    generation: Generation
+    encoder: Any = None
+
+
 class Searcher:
     """Answers queries against the live generation of one index; safe to share between threads."""
 
-    def __init__(self, paths: IndexPaths, model: str | None = None, encoder: EncoderConfig | None = None) -> None:
+    def __init__(
+        self,
+        paths: IndexPaths,
+        model: str | None = None,
+        encoder: EncoderConfig | None = None,
+        preload_lexical: bool = False,
+    ) -> None:
         self.paths = paths
         self.model_arg = model
         self.encoder_config = encoder or EncoderConfig()
-        self.generation = Generation.open(paths)
-        self._encoder: Any = None
+        self.preload_lexical = preload_lexical
+        self._live = Live(Generation.open(paths, lexical=preload_lexical))
         self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> Generation:
+        return self._live.generation
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -94,15 +122,23 @@ class Searcher:
 
     @property
     def encoder(self) -> Any:
-        with self._lock:
-            if self._encoder is None:
-                self._encoder = self._load_encoder()
-            return self._encoder
+        return self.snapshot().encoder
 
-    def _load_encoder(self) -> Any:
+    def snapshot(self, need_encoder: bool = True) -> Live:
+        """The live generation with its encoder (loaded on first need): one consistent pair for a search."""
+        live = self._live
+        if need_encoder and live.encoder is None:
+            with self._lock:
+                live = self._live
+                if live.encoder is None:
+                    live = Live(live.generation, self._load_encoder(live.generation.manifest))
+                    self._live = live
+        return live
+
+    def _load_encoder(self, manifest: dict[str, Any]) -> Any:
         from pipeline.encode import Encoder
 
-        recorded = self.manifest["model"]
+        recorded = manifest["model"]
         ref = resolve_model(self.model_arg) if self.model_arg else _recorded_ref(recorded)
         if ref.fingerprint != (recorded.get("revision") or recorded.get("content_hash")):
             raise ModelError(
@@ -115,11 +151,27 @@ class Searcher:
         return encoder
 
     def reload_if_changed(self) -> bool:
-        """Switch to a newer committed generation if there is one; the old stays usable until dropped."""
+        """Switch to a newer committed generation if there is one; the old stays usable until dropped.
+
+        A generation built with another model (an `index --overwrite` run) switches in with an encoder for
+        that model, loaded before the switch; if it cannot be loaded the error is raised and nothing changes.
+        """
         number = self.paths.current()
         if number is None or number == self.generation.number:
             return False
-        self.generation = Generation.open(self.paths)
+        generation = Generation.open(self.paths, lexical=self.preload_lexical)
+        try:
+            current = self._live
+            encoder = current.encoder
+            if encoder is not None and not same_model(
+                current.generation.manifest["model"], generation.manifest["model"]
+            ):
+                encoder = self._load_encoder(generation.manifest)
+        except BaseException:
+            generation.close()
+            raise
+        with self._lock:
+            self._live = Live(generation, encoder)
         return True
 
     def search(
@@ -138,8 +190,9 @@ class Searcher:
         mode; `params` binds its `?` placeholders. `mode` is dense, lexical (BM25) or hybrid (fusion).
         """
         _check_mode(mode)
-        vectors = self.encoder.encode(list(queries)) if mode != "lexical" else None
-        return self.search_encoded(queries, vectors, k, where, columns, params, mode, fusion)
+        live = self.snapshot(need_encoder=mode != "lexical")
+        vectors = live.encoder.encode(list(queries)) if mode != "lexical" else None
+        return self.search_encoded(queries, vectors, k, where, columns, params, mode, fusion, live.generation)
 
     def search_encoded(
         self,
@@ -151,14 +204,16 @@ class Searcher:
         params: Sequence[Any] | None = None,
         mode: str = "dense",
         fusion: FusionConfig | None = None,
+        generation: Generation | None = None,
     ) -> list[list[dict[str, Any]]]:
-        """As `search`, with the query vectors already encoded (None for lexical mode, which needs only text)."""
+        """As `search`, with the query vectors already encoded (None for lexical mode, which needs only text);
+        `generation` is the one the vectors were encoded for (default: the live one)."""
         _check_mode(mode)
         if mode != "dense" and queries is None:
             raise UsageError(f"{mode} search needs the query texts")
         if mode != "lexical" and vectors is None:
             raise UsageError(f"{mode} search needs the query vectors")
-        gen = self.generation
+        gen = generation or self.generation
         allowed = gen.store.filter_keys(where, params) if where else None
         scores, keys = self._ranked(gen, queries or [], vectors, k, allowed, mode, fusion)
         return self.hits(gen, scores, keys, columns)
@@ -210,6 +265,7 @@ class Searcher:
         flat_keys = [int(key) for row in keys for key in row if key >= 0]
         fetched = [KEY, *shown] + ([id_column] if id_column and id_column not in shown else [])
         rows = iter(gen.store.fetch(flat_keys, fetched))
+        names = hit_names([c for c in shown if c != id_column])
         results = []
         for row_scores, row_keys in zip(scores, keys, strict=True):
             hits = []
@@ -218,7 +274,7 @@ class Searcher:
                     continue
                 meta = next(rows)
                 hit = {"rank": rank, "score": float(score), "id": meta.get(id_column) if id_column else int(key)}
-                hit.update({c: meta.get(c) for c in shown if c != id_column})
+                hit.update({name: meta.get(c) for c, name in names.items()})
                 hits.append(hit)
             results.append(hits)
         return results
@@ -234,6 +290,21 @@ class Searcher:
 
     def close(self) -> None:
         self.generation.close()
+
+
+def hit_names(columns: Sequence[str]) -> dict[str, str]:
+    """The key each metadata column takes in a hit: its own name, or with a trailing `_` (more where needed)
+    when that name is one of the hit's own fields (rank, score, id) or taken by such a renamed column."""
+    taken = set(HIT_FIELDS) | set(columns)
+    names = {}
+    for column in columns:
+        name = column
+        if column in HIT_FIELDS:
+            while name in taken:
+                name += "_"
+            taken.add(name)
+        names[column] = name
+    return names
 
 
 def _check_mode(mode: str) -> None:

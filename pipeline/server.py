@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import hmac
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from pipeline.encode import EncoderConfig
     from pipeline.fusion import FusionConfig
-    from pipeline.search import Searcher
+    from pipeline.search import Live, Searcher
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ MAX_K = 1000
 SERVING_TOKEN_BUDGET = 128
 HIDDEN_COLUMNS = ("_key", "_hash")
 ENDPOINTS = ("/search", "/indexes", "/health", "/metrics", "/openapi.json", "/docs", "/redoc")
+METHODS = ("GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE")  # metric labels; any other is "other"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -75,6 +77,16 @@ class ServerConfig:
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
 
 
+def _unicode(value: str, what: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate, which JSON escapes allow) before it reaches
+    the tokenizer or DuckDB, where it would fail the whole batch."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
 class FilterCondition(BaseModel):
     """`field op value`; conditions in a list are AND-ed. Dates and timestamps are ISO 8601 strings."""
 
@@ -85,6 +97,11 @@ class FilterCondition(BaseModel):
         description="eq/ne with null test IS (NOT) NULL; in takes a list; contains: substring or list element."
     )
     value: Scalar | list[Scalar] = Field(default=None, description="Checked against the column's type.")
+
+    @field_validator("field")
+    @classmethod
+    def _field_text(cls, value: str) -> str:
+        return _unicode(value, "a filter field")
 
 
 class SearchRequest(BaseModel):
@@ -114,6 +131,19 @@ class SearchRequest(BaseModel):
                 raise ValueError("a query text is empty")
             if len(text) > MAX_QUERY_CHARS:
                 raise ValueError(f"a query text is longer than {MAX_QUERY_CHARS} characters")
+            _unicode(text, "a query text")
+        return value
+
+    @field_validator("index")
+    @classmethod
+    def _index_text(cls, value: str | None) -> str | None:
+        return None if value is None else _unicode(value, "the index name")
+
+    @field_validator("columns")
+    @classmethod
+    def _column_texts(cls, value: list[str] | None) -> list[str] | None:
+        for column in value or []:
+            _unicode(column, "a column name")
         return value
 
     def texts(self) -> list[str]:
@@ -121,7 +151,8 @@ class SearchRequest(BaseModel):
 
 
 class Hit(BaseModel):
-    """One result: rank (1 = best), score (inner product), id, and the chosen metadata columns."""
+    """One result: rank (1 = best), score (inner product), id, and the chosen metadata columns (BLOB values as
+    base64 text; a column named rank, score or id, other than the id column, appears with a trailing `_`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -186,6 +217,14 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+def _binary_as_base64(hits: list[dict[str, Any]]) -> None:
+    """JSON has no bytes: BLOB values go out as base64 text."""
+    for hit in hits:
+        for key, value in hit.items():
+            if isinstance(value, bytes | bytearray | memoryview):
+                hit[key] = base64.b64encode(bytes(value)).decode("ascii")
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -260,30 +299,32 @@ def process_jobs(
     jobs: list[SearchJob], metrics: ServerMetrics | None = None, fusion: FusionConfig | None = None
 ) -> list[JobResult | BaseException]:
     """Encode every job's queries with one encoder call per index, then search each group of jobs that
-    share k, filter, columns and mode with one search_encoded call (hybrid ones fused by `fusion`)."""
-    import numpy as np
+    share k, filter, columns and mode with one search_encoded call (hybrid ones fused by `fusion`).
 
+    Lexical jobs need no vectors and are not encoded. If the shared encoder call fails, each job is encoded
+    on its own, so one request's bad text fails that request only.
+    """
     results: list[JobResult | BaseException | None] = [None] * len(jobs)
     by_searcher: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
         by_searcher.setdefault(id(job.searcher), []).append(i)
     for members in by_searcher.values():
         searcher = jobs[members[0]].searcher
-        texts = [q for i in members for q in jobs[i].queries]
-        if metrics is not None:
-            metrics.batch_queries.observe(len(texts))
+        dense = [i for i in members if jobs[i].mode != "lexical"]
         try:
-            vectors = searcher.encoder.encode(texts)
+            live = searcher.snapshot(need_encoder=bool(dense))
         except BaseException as exc:
             for i in members:
                 results[i] = exc
             continue
-        start = 0
-        groups: dict[tuple[Any, ...], list[tuple[int, Any]]] = {}
+        if metrics is not None:
+            metrics.batch_queries.observe(sum(len(jobs[i].queries) for i in members))
+        vectors = _encode_jobs(live.encoder, jobs, dense, results)
+        groups: dict[tuple[Any, ...], list[int]] = {}
         for i in members:
+            if results[i] is not None:
+                continue
             job = jobs[i]
-            part = vectors[start : start + len(job.queries)]
-            start += len(job.queries)
             key = (
                 job.k,
                 job.where,
@@ -291,25 +332,68 @@ def process_jobs(
                 tuple(job.columns) if job.columns is not None else None,
                 job.mode,
             )
-            groups.setdefault(key, []).append((i, part))
+            groups.setdefault(key, []).append(i)
         for group in groups.values():
-            job = jobs[group[0][0]]
-            generation = searcher.generation.number
-            try:
-                stacked = np.concatenate([part for _, part in group]) if len(group) > 1 else group[0][1]
-                texts = [q for i, _ in group for q in jobs[i].queries]
-                hits = searcher.search_encoded(
-                    texts, stacked, job.k, job.where, job.columns, job.params or None, job.mode, fusion
-                )
-            except BaseException as exc:
-                for i, _ in group:
-                    results[i] = exc
-                continue
-            offset = 0
-            for i, part in group:
-                results[i] = JobResult(generation, hits[offset : offset + len(part)])
-                offset += len(part)
+            _search_group(live, [jobs[i] for i in group], group, vectors, fusion, results)
     return [r if r is not None else RuntimeError("job not processed") for r in results]
+
+
+def _encode_jobs(
+    encoder: Any, jobs: list[SearchJob], members: list[int], results: list[JobResult | BaseException | None]
+) -> dict[int, Any]:
+    """Query vectors of each job in one encoder call; after a failure, job by job (failures go to results)."""
+    if not members:
+        return {}
+    try:
+        stacked = encoder.encode([q for i in members for q in jobs[i].queries])
+    except BaseException as exc:
+        if len(members) == 1:
+            results[members[0]] = exc
+            return {}
+        out = {}
+        for i in members:
+            try:
+                out[i] = encoder.encode(jobs[i].queries)
+            except BaseException as job_exc:
+                results[i] = job_exc
+        return out
+    out, start = {}, 0
+    for i in members:
+        out[i] = stacked[start : start + len(jobs[i].queries)]
+        start += len(jobs[i].queries)
+    return out
+
+
+def _search_group(
+    live: Live,
+    group_jobs: list[SearchJob],
+    indices: list[int],
+    vectors: dict[int, Any],
+    fusion: FusionConfig | None,
+    results: list[JobResult | BaseException | None],
+) -> None:
+    """One search_encoded call for jobs sharing k, filter, columns and mode, on the snapshot's generation."""
+    import numpy as np
+
+    job = group_jobs[0]
+    generation = live.generation
+    try:
+        texts = [q for j in group_jobs for q in j.queries]
+        stacked = None
+        if job.mode != "lexical":
+            parts = [vectors[i] for i in indices]
+            stacked = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        hits = job.searcher.search_encoded(
+            texts, stacked, job.k, job.where, job.columns, job.params or None, job.mode, fusion, generation
+        )
+    except BaseException as exc:
+        for i in indices:
+            results[i] = exc
+        return
+    offset = 0
+    for i, j in zip(indices, group_jobs, strict=True):
+        results[i] = JobResult(generation.number, hits[offset : offset + len(j.queries)])
+        offset += len(j.queries)
 
 
 def serving_encoder(device: str, threads: int | None) -> EncoderConfig:
@@ -441,7 +525,7 @@ class ServerState:
             for p in paths:
                 if self._stop.is_set():
                     return
-                searcher = Searcher(p, model=cfg.model, encoder=encoder)
+                searcher = Searcher(p, model=cfg.model, encoder=encoder, preload_lexical=True)
                 if cfg.warmup:
                     searcher.encoder.encode(["warm up"])
                 else:
@@ -464,7 +548,7 @@ class ServerState:
         except Exception as exc:
             self.status = "error"
             self.message = str(exc) if isinstance(exc, BmsearchError) else f"{type(exc).__name__}: {exc}"
-            log.exception("loading the indexes failed")
+            log.error("loading the indexes failed: %s", self.message, exc_info=log.isEnabledFor(logging.DEBUG))
             return
         self.status = "ready"
         self.metrics.ready.set(1)
@@ -588,7 +672,8 @@ class GuardMiddleware:
         finally:
             code = int(status["code"])
             metrics = self.state.metrics
-            metrics.requests.inc(endpoint=endpoint, method=str(scope.get("method", "")), status=str(code))
+            method = str(scope.get("method", ""))
+            metrics.requests.inc(endpoint=endpoint, method=method if method in METHODS else "other", status=str(code))
             metrics.latency.observe(time.perf_counter() - started, endpoint=endpoint)
             if code >= 400:
                 error_code = scope["state"].get("error_code") or f"http_{code}"
@@ -603,7 +688,8 @@ class GuardMiddleware:
         auth = headers.get("authorization", "")
         if given is None and auth[:7].lower() == "bearer ":
             given = auth[7:].strip()
-        if given is not None and hmac.compare_digest(given.encode(), key.encode()):
+        # headers were decoded as latin-1, so encoding back gives the bytes sent; the key is UTF-8 text
+        if given is not None and hmac.compare_digest(given.encode("latin-1"), key.encode("utf-8")):
             return None
         return ApiError(401, "unauthorized", "a valid API key is required (X-API-Key or Authorization: Bearer)")
 
@@ -688,10 +774,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     )
     app.state.bmsearch = state
 
+    class ErrorJSON(JSONResponse):
+        def render(self, content: Any) -> bytes:
+            return json.dumps(content, ensure_ascii=True).encode("ascii")
+
     def respond(request: Request, error: ApiError) -> JSONResponse:
         request.state.error_code = error.code
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-        return JSONResponse(error_body(error.code, error.message), status_code=error.status, headers=headers)
+        return ErrorJSON(error_body(error.code, error.message), status_code=error.status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -746,6 +836,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         except asyncio.TimeoutError:
             raise ApiError(503, "timeout", f"the search took longer than {config.request_timeout_s:g} s") from None
         state.metrics.queries.inc(len(texts), index=name)
+        if "BLOB" in types.values():
+            for hits in result.hits:
+                _binary_as_base64(hits)
         return {
             "index": name,
             "generation": result.generation,
@@ -796,14 +889,37 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         "/metrics",
         response_class=PlainTextResponse,
         response_model=None,
-        responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {}}}, 401: {"model": ErrorResponse}},
+        responses={
+            200: {"content": {CONTENT_TYPE.split(";")[0]: {}}},
+            401: {"model": ErrorResponse, "content": {"application/json": {}}},
+        },
     )
     async def metrics() -> PlainTextResponse:
         """Prometheus text exposition: requests, latency, batch sizes, errors, generations."""
         return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
 
+    if config.api_key:
+        _declare_api_key(app)
     app.add_middleware(GuardMiddleware, state=state)
     return app
+
+
+def _declare_api_key(app: FastAPI) -> None:
+    """Tell OpenAPI clients (and the /docs page's Authorize button) how to send the key the guard checks."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+            }
+            schema["security"] = [{"ApiKeyHeader": []}, {"Bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 __all__ = [

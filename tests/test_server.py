@@ -367,7 +367,9 @@ def test_serve_command_passes_its_hybrid_options(monkeypatch: pytest.MonkeyPatch
     seen: dict[str, Any] = {}
     monkeypatch.setattr(server, "create_app", lambda config: seen.setdefault("config", config))
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
-    args = ("--weights", "dense=1,lexical=0.5", "--lead-margin", "off", "--lead-sole-match")
+    (tmp_path / "x" / "gen-000001").mkdir(parents=True)  # serve checks that its indexes exist before starting
+    (tmp_path / "x" / "CURRENT").write_text("gen-000001\n")
+    args = ("--weights", "dense=1,lexical=0.5", "--lead-margin", "off", "--lead-sole-match", "--port", "0")
     result = run("serve", "--index-dir", tmp_path, *args)
     assert result.exit_code == 0, result.output
     fusion = seen["config"].fusion
@@ -587,3 +589,159 @@ def test_hot_reload_during_requests(tiny_model: Path, tmp_path: Path) -> None:
         listing = c.get("/indexes").json()["indexes"][0]
         assert listing["generation"] == 2 and listing["rows"] == 50
         assert 'bmsearch_reloads_total{index="live"} 1' in c.get("/metrics").text
+
+
+# --- found in review: reload with another model, one bad text in a batch, odd columns, odd clients ---------
+
+
+def perturbed_copy(model: Path, path: Path) -> Path:
+    """The tiny model with other weights: the same tokenizer, so only the vectors tell them apart."""
+    import shutil
+
+    import torch
+    from transformers import BertModel
+
+    shutil.copytree(model, path)
+    bert = BertModel.from_pretrained(path)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in bert.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    bert.save_pretrained(path)
+    return path
+
+
+def self_hits(searcher: Searcher, rows: list[dict[str, Any]]) -> int:
+    results = searcher.search([r["text"] for r in rows], k=1)
+    return sum(hits[0]["id"] == r["id"] for hits, r in zip(results, rows, strict=True))
+
+
+def test_reload_to_a_generation_of_another_model_switches_the_encoder(tiny_model: Path, tmp_path: Path) -> None:
+    other = perturbed_copy(tiny_model, tmp_path / "other-model")
+    rows = corpus_rows(20)
+    build(tiny_model, tmp_path / "indexes", "m", rows, tmp_path / "m.parquet")
+    paths = IndexPaths.of(tmp_path / "indexes", "m")
+    searcher = Searcher(paths, encoder=EncoderConfig(backend="torch"))
+    pinned = Searcher(paths, model=str(tiny_model), encoder=EncoderConfig(backend="torch"))
+    assert self_hits(searcher, rows) == self_hits(pinned, rows) == 20
+    build_index(
+        BuildOptions(
+            sources=[str(tmp_path / "m.parquet")],
+            name="m",
+            index_dir=tmp_path / "indexes",
+            model=str(other),
+            id_column="id",
+            overwrite=True,
+            encoder=EncoderConfig(backend="torch"),
+        )
+    )
+    assert searcher.reload_if_changed()
+    # queries now encode with the new generation's model, not the one loaded for the old generation
+    assert searcher.snapshot().encoder.identity["content_hash"] == searcher.manifest["model"]["content_hash"]
+    assert self_hits(searcher, rows) == 20
+    # a server pinned to --model keeps its generation rather than answer with the wrong model
+    from pipeline.errors import ModelError
+
+    before = pinned.generation.number
+    with pytest.raises(ModelError):
+        pinned.reload_if_changed()
+    assert pinned.generation.number == before and self_hits(pinned, rows) == 20
+
+
+def test_one_failing_text_fails_only_its_own_request(index_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.server import SearchJob, process_jobs
+
+    searcher = Searcher(IndexPaths.of(index_dir, "docs"), encoder=EncoderConfig(backend="torch"))
+    encoder = searcher.snapshot().encoder
+    real = encoder.encode
+    calls: list[list[str]] = []
+
+    def encode(texts: list[str]) -> Any:
+        calls.append(list(texts))
+        if any("boom" in t for t in texts):
+            raise TypeError("the tokenizer refused a text")
+        return real(texts)
+
+    monkeypatch.setattr(encoder, "encode", encode)
+    jobs = [
+        SearchJob("docs", searcher, ["cat dog"], 3),
+        SearchJob("docs", searcher, ["boom"], 3),
+        SearchJob("docs", searcher, ["river bird"], 3),
+        SearchJob("docs", searcher, ["boom cat river"], 3, mode="lexical"),
+    ]
+    results = process_jobs(jobs)
+    assert isinstance(results[1], TypeError)
+    assert [len(r.hits[0]) for r in (results[0], results[2], results[3])] == [3, 3, 3]  # type: ignore[union-attr]
+    assert all("boom cat river" not in texts for texts in calls)  # lexical requests are not encoded
+
+
+def test_texts_that_are_not_unicode_are_refused(client: TestClient) -> None:
+    for body in (
+        '{"query": "\\ud800"}',
+        '{"query": ["cat", "dog \\udfff"]}',
+        '{"query": "cat", "columns": ["\\ud800"]}',
+        '{"query": "cat", "filter": [{"field": "\\ud800", "op": "eq", "value": 1}]}',
+    ):
+        response = client.post("/search", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (body, response.text)
+        assert "unicode" in response.json()["error"]["message"].lower()
+    assert client.post("/search", json={"query": "cat dog"}).status_code == 200
+
+
+def test_columns_named_like_hit_fields_and_blobs(tiny_model: Path, tmp_path: Path) -> None:
+    import base64
+
+    rows = [
+        {"id": f"d{i}", "text": t, "score": f"grade {i}", "rank": 100 + i, "blob": bytes([i, 255, 0])}
+        for i, t in enumerate(sample_texts(12))
+    ]
+    build(tiny_model, tmp_path / "indexes", "odd", rows, tmp_path / "odd.parquet")
+    app = create_app(ServerConfig(index_dir=tmp_path / "indexes", reload_interval_s=0))
+    with TestClient(app) as c:
+        wait_ready(c)
+        hits = search(c, query=rows[3]["text"], k=3)["results"][0]["hits"]
+        assert [h["rank"] for h in hits] == [1, 2, 3] and all(isinstance(h["score"], float) for h in hits)
+        top = hits[0]
+        assert (top["id"], top["score_"], top["rank_"]) == ("d3", "grade 3", 103)
+        assert base64.b64decode(top["blob"]) == bytes([3, 255, 0])
+        assert search(c, query="cat", k=1, columns=["rank"])["results"][0]["hits"][0]["rank"] == 1
+
+
+def test_lexical_side_survives_the_pruning_of_a_served_generation(index_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    source = index_dir / "docs"
+    copy = tmp_path / "indexes" / "docs"
+    shutil.copytree(source, copy)
+    eager = Searcher(IndexPaths.of(tmp_path / "indexes", "docs"), preload_lexical=True)
+    lazy = Searcher(IndexPaths.of(tmp_path / "indexes", "docs"))
+    shutil.rmtree(eager.generation.path)  # what a build's prune does to a generation two commits old
+    assert len(eager.search(["cat dog"], k=3, mode="lexical")[0]) == 3
+    from pipeline.errors import IndexCorruptError
+
+    with pytest.raises(IndexCorruptError):
+        lazy.search(["cat dog"], k=3, mode="lexical")
+
+
+def test_odd_methods_share_one_metric_label_and_utf8_keys_work(index_dir: Path) -> None:
+    key = "clé-secrète"
+    with TestClient(create_app(ServerConfig(index_dir=index_dir, api_key=key, reload_interval_s=0))) as c:
+        auth = {"X-API-Key": key.encode("utf-8")}
+        deadline = time.monotonic() + 60
+        while c.get("/health", headers=auth).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.post("/search", json={"query": "cat"}, headers=auth).status_code == 200
+        # (TestClient re-encodes header text as UTF-8, so the Latin-1 spelling is checked on the guard itself)
+        from pipeline.server import GuardMiddleware
+
+        guard = GuardMiddleware(app=None, state=c.app.state.bmsearch)  # type: ignore[arg-type, attr-defined]
+        assert guard._deny({"headers": [(b"x-api-key", b"cl\xe9-secr\xe8te")]}) is not None
+        assert guard._deny({"headers": [(b"x-api-key", key.encode("utf-8"))]}) is None
+        for method in ("BREW", "FOO", "BAR"):
+            c.request(method, "/health")
+        metrics = c.get("/metrics", headers=auth).text
+        assert 'method="other"' in metrics and "BREW" not in metrics
+        schema = c.get("/openapi.json", headers=auth).json()
+        assert schema["components"]["securitySchemes"]["ApiKeyHeader"]["name"] == "X-API-Key"
+        assert {"ApiKeyHeader": []} in schema["security"]
+        assert "application/json" in schema["paths"]["/metrics"]["get"]["responses"]["401"]["content"]
