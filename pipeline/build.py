@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -40,6 +41,8 @@ from pipeline.store import DB_NAME, Store, arrow_reader, quote
 from pipeline.vector_build import VECTORS_FILE, build_vectors, check_index_options, shard_groups
 
 log = logging.getLogger(__name__)
+
+_RESOLVED = ("max_seq_length", "backend")  # settings that may be left unset; the manifest's model has their values
 
 
 @dataclass
@@ -85,7 +88,7 @@ def build_index(opts: BuildOptions, progress: Progress | None = None) -> BuildRe
     with IndexLock(paths.lock_file):
         ref = resolve_model(opts.model, opts.revision)
         settings = _settings(opts, ref, schema)
-        prev = _previous(paths, opts, settings)
+        prev = _previous(paths, opts, settings, sources)
         if prev and not opts.rebuild and _up_to_date(prev.manifest, sources, settings, opts):
             result = BuildResult(
                 opts.name,
@@ -118,12 +121,14 @@ def _settings(opts: BuildOptions, ref: ModelRef, schema: pa.Schema) -> dict[str,
     }
 
 
-def _previous(paths: IndexPaths, opts: BuildOptions, settings: dict[str, Any]) -> _Previous | None:
+def _previous(
+    paths: IndexPaths, opts: BuildOptions, settings: dict[str, Any], sources: list[SourceFile]
+) -> _Previous | None:
     number = paths.current()
     if number is None or opts.overwrite:
         return None
     manifest = read_manifest(paths.generation(number))
-    old = manifest["settings"]
+    old = _stored_settings(manifest)
     # max length and backend left unset mean "as before" on an update.
     differs = [
         k
@@ -131,6 +136,7 @@ def _previous(paths: IndexPaths, opts: BuildOptions, settings: dict[str, Any]) -
         if v is not None
         and old.get(k) != v
         and not (k == "model_name" and settings["model_weights"] == old["model_weights"])
+        and not (k == "id_scheme" and _same_derived_ids(manifest, sources))
     ]
     if differs:
         detail = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in differs)
@@ -138,6 +144,29 @@ def _previous(paths: IndexPaths, opts: BuildOptions, settings: dict[str, Any]) -
             f"index {paths.name!r} exists with other settings ({detail}); pass --overwrite to replace it"
         )
     return _Previous(number, paths.generation(number), manifest)
+
+
+# Derived ids before glob matches were named by their path below the glob's folder (a file argument or a glob
+# match by its file name alone, a folder's files by their path below it).
+LEGACY_DERIVED_SCHEME = "blake2b-63 of '<file name relative to its input argument>#<row number in file>'"
+
+
+def _same_derived_ids(manifest: dict[str, Any], sources: list[SourceFile]) -> bool:
+    """An index with the legacy derived-id scheme keeps its ids when every file it was built from that is
+    still a source is named as before (true unless it came through a glob into a subfolder)."""
+    if manifest["settings"].get("id_scheme") != LEGACY_DERIVED_SCHEME:
+        return False
+    before = {s["path"]: s["name"] for s in manifest["sources"]}
+    return all(before.get(str(s.path), s.rel) == s.rel for s in sources)
+
+
+def _stored_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """An index's settings, with a max length or backend left unset replaced by the value it resolved to."""
+    settings = dict(manifest["settings"])
+    for key in _RESOLVED:
+        if settings.get(key) is None:
+            settings[key] = manifest["model"].get(key)
+    return settings
 
 
 def _up_to_date(
@@ -240,6 +269,8 @@ class _Run:
         """The staging database with the corpus in it (loaded now, or by the run this one resumes)."""
         db = self.work / DB_NAME
         done = self.journal.find("ingested")
+        if not db.exists():
+            done = None  # a commit that failed or was killed had moved it out; the journaled shards still hold
         if done is None:
             for stale in (db, db.with_name(DB_NAME + ".wal")):
                 stale.unlink(missing_ok=True)
@@ -292,12 +323,22 @@ class _Run:
 
     def _carry_over(self, store: Store) -> None:
         """Without --sync, rows of the previous generation whose ids are absent now are kept."""
-        new_cols = set(store.columns())
-        old_cols = [r[0] for r in store.rows("SELECT column_name FROM (DESCRIBE prev.docs)")]
-        shared = ", ".join(quote(c) for c in old_cols if c in new_cols)
-        store.rows(
-            f"INSERT INTO docs BY NAME SELECT {shared} FROM prev.docs p WHERE p.{KEY} NOT IN (SELECT {KEY} FROM docs)"
-        )
+        new_types = _column_types(store, "docs")
+        old_types = _column_types(store, "prev.docs")
+        shared = ", ".join(quote(c) for c in old_types if c in new_types)
+        try:
+            store.rows(
+                f"INSERT INTO docs BY NAME SELECT {shared} FROM prev.docs p "
+                f"WHERE p.{KEY} NOT IN (SELECT {KEY} FROM docs)"
+            )
+        except duckdb.Error as exc:
+            changed = [f"{c} ({t} -> {new_types[c]})" for c, t in old_types.items() if new_types.get(c, t) != t]
+            if not changed:
+                raise
+            raise CorpusError(
+                f"rows kept from the previous generation do not fit the new column types: {', '.join(changed)}; "
+                "pass --sync to drop the ids no longer in the sources, or --overwrite to start afresh"
+            ) from exc
 
     def _counts(self, store: Store) -> dict[str, int]:
         rows = store.count()
@@ -349,13 +390,16 @@ class _Run:
             self.journal.append({"event": "shard", "file": path.name, "rows": rows})
 
         # Only the writer thread appends to the journal until the `with` block has written every shard.
-        with ShardWriter(journal) as writer:
-            for vectors in encoder.encode_chunks(chunks()):
-                keys = pending.popleft()
-                writer.submit(self.paths.shards / f"{self.fp}-{seq:06d}.arrow", keys, vectors)
-                seq += 1
-                encoded += len(keys)
-                self.progress.advance(len(keys))
+        try:
+            with ShardWriter(journal) as writer:
+                for vectors in encoder.encode_chunks(chunks()):
+                    keys = pending.popleft()
+                    writer.submit(self.paths.shards / f"{self.journal.run_id}-{seq:06d}.arrow", keys, vectors)
+                    seq += 1
+                    encoded += len(keys)
+                    self.progress.advance(len(keys))
+        finally:
+            encoder.close()  # no idle tokeniser processes through the index and lexical stages
         store.con.unregister("done_keys")
         self.timings["encode_s"] = time.monotonic() - t0
         return encoded
@@ -484,11 +528,16 @@ class _Run:
             timings=self.timings,
         )
         write_manifest(self.staged, manifest)
+        live_before = self.paths.current()  # under --overwrite too: a reader may still hold it
         self.paths.commit(self.staged, number)
         remove_tree(self.work)
-        self.paths.prune()
+        self.paths.prune(previous=live_before)
         _collect_shards(self.paths, keep=set())
         return number
+
+
+def _column_types(store: Store, table: str) -> dict[str, str]:
+    return {r[0]: r[1] for r in store.rows(f"SELECT column_name, column_type FROM (DESCRIBE {table})")}
 
 
 def _rebatch(reader: Any, rows: int) -> Iterator[pa.RecordBatch]:

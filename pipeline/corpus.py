@@ -28,7 +28,7 @@ class SourceFile:
     """One Parquet file of the corpus, with the name its row ids are derived from."""
 
     path: Path
-    rel: str  # name relative to the argument that found it: stable when the folder moves
+    rel: str  # path relative to the argument (folder, glob's literal folder) that found it
     size: int
     mtime_ns: int
 
@@ -45,33 +45,81 @@ class CorpusStats:
 
 
 def expand_paths(paths: Sequence[str]) -> list[SourceFile]:
-    """Files, directories (searched for *.parquet) and globs, deduplicated, in a stable sorted order."""
-    found: dict[Path, SourceFile] = {}
+    """Files, directories (searched for *.parquet) and globs, deduplicated, in a stable sorted order.
+
+    A file's `rel` is its path relative to the directory argument, or the glob's literal leading folder,
+    that found it; a plain file argument gives its name. A file found by several arguments takes the name
+    with the most folders in it (ties: the smallest), so the order of the arguments never changes an id.
+    """
+    names: dict[Path, set[str]] = {}
     for arg in paths:
-        matches = sorted(glob.glob(arg, recursive=True)) if glob.has_magic(arg) else [arg]
-        if not matches:
-            raise CorpusError(f"no files match {arg}")
-        for match in matches:
-            path = Path(match)
-            if path.is_dir():
-                files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
-                if not files:
-                    raise CorpusError(f"directory {path} holds no .parquet files")
-                pairs = [(f, f.relative_to(path).as_posix()) for f in files]
-            elif path.is_file():
-                pairs = [(path, path.name)]
-            else:
-                raise CorpusError(f"{path} does not exist")
-            for file, rel in pairs:
-                resolved = file.resolve()
-                try:
-                    stat = resolved.stat()
-                except OSError as exc:
-                    raise CorpusError(f"cannot read {file}: {exc.strerror}") from None
-                found.setdefault(resolved, SourceFile(resolved, rel, stat.st_size, stat.st_mtime_ns))
-    if not found:
+        for file, rel in _expand_arg(arg):
+            names.setdefault(file.resolve(), set()).add(rel)
+    if not names:
         raise CorpusError("no input files given")
-    return sorted(found.values(), key=lambda s: (s.rel, str(s.path)))
+    found = [_source(path, min(rels, key=lambda r: (-r.count("/"), r))) for path, rels in names.items()]
+    return sorted(found, key=lambda s: (s.rel, str(s.path)))
+
+
+def _source(path: Path, rel: str) -> SourceFile:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise CorpusError(f"cannot read {path}: {exc.strerror}") from None
+    return SourceFile(path, rel, stat.st_size, stat.st_mtime_ns)
+
+
+def _expand_arg(arg: str) -> list[tuple[Path, str]]:
+    """(file, rel) pairs of one argument."""
+    if not glob.has_magic(arg):
+        path = Path(arg)
+        if path.is_dir():
+            return _dir_files(path, path)
+        if path.is_file():
+            return [(path, path.name)]
+        raise CorpusError(f"{path} does not exist")
+    matches = sorted(glob.glob(arg, recursive=True))
+    if not matches:
+        raise CorpusError(f"no files match {arg}")
+    base = _glob_base(arg)
+    pairs: list[tuple[Path, str]] = []
+    for match in matches:
+        path = Path(match)
+        if path.is_dir():
+            pairs.extend(_dir_files(path, base))
+        elif path.is_file():
+            pairs.append((path, _relative(path, base)))
+    return pairs
+
+
+def _dir_files(folder: Path, base: Path) -> list[tuple[Path, str]]:
+    files = sorted(p for p in folder.rglob("*.parquet") if p.is_file())
+    if not files:
+        raise CorpusError(f"directory {folder} holds no .parquet files")
+    return [(f, _relative(f, base)) for f in files]
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder made of a glob's leading components that hold no wildcard ('data' of 'data/*/x.parquet')."""
+    parts = Path(pattern).parts
+    literal = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:literal]) if literal else Path(".")
+
+
+def _relative(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def _check_distinct_names(sources: Sequence[SourceFile]) -> None:
+    """Derived row ids hash a file's `rel`: two different files with the same one would share their ids."""
+    seen: dict[str, SourceFile] = {}
+    for source in sources:
+        other = seen.setdefault(source.rel, source)
+        if other is not source:
+            raise CorpusError(
+                f"{other.path} and {source.path} would get the same row ids (both are named {source.rel!r}); "
+                "pass their parent folder or a glob that finds both, or give an --id-column"
+            )
 
 
 def _open(source: SourceFile) -> pq.ParquetFile:
@@ -85,6 +133,8 @@ def _open(source: SourceFile) -> pq.ParquetFile:
 
 def corpus_schema(sources: Sequence[SourceFile], text_column: str, id_column: str | None) -> pa.Schema:
     """The unified schema of all files, checked for the text and id columns before any row is read."""
+    if id_column is None:
+        _check_distinct_names(sources)
     schemas = []
     for source in sources:
         schema = _open(source).schema_arrow
@@ -126,7 +176,10 @@ def hash64(values: Sequence[str]) -> np.ndarray:
 
 def id_scheme(id_column: str | None, id_type: pa.DataType | None) -> str:
     if id_column is None:
-        return "blake2b-63 of '<file name relative to its input argument>#<row number in file>'"
+        return (
+            "blake2b-63 of '<file path relative to its folder argument or glob's literal folder, "
+            "or file name for a file argument>#<row number in file>'"
+        )
     if id_type is not None and pa.types.is_integer(id_type):
         return f"integer column {id_column!r} used as is"
     return f"blake2b-63 of string column {id_column!r}"

@@ -13,7 +13,6 @@ from pipeline.fsutil import atomic_write_bytes, fsync_dir, fsync_tree, remove_tr
 DEFAULT_INDEX_DIR = Path(os.environ.get("BMSEARCH_INDEX_DIR", "indexes"))
 GEN_RE = re.compile(r"^gen-(\d{6})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-KEEP_GENERATIONS = 2  # the live one and the one before it, which a reader may still hold
 
 
 @dataclass(frozen=True)
@@ -94,12 +93,15 @@ class IndexPaths:
         atomic_write_bytes(self.current_file, f"{final.name}\n".encode())
         return final
 
-    def prune(self) -> list[Path]:
-        """Remove generations older than the ones kept, and staging folders left by crashed runs."""
+    def prune(self, previous: int | None) -> list[Path]:
+        """Remove every generation but the live one and `previous`, and staging folders left by crashed runs.
+
+        `previous` is the generation that was live before the last commit: a reader may still hold it. A
+        generation that was renamed into place but never made live (a crash before the CURRENT switch) is
+        removed even when its number is higher than `previous`.
+        """
         removed: list[Path] = []
-        current = self.current()
-        keep = {n for n in self.generations() if current is not None and n <= current}
-        keep = set(sorted(keep)[-KEEP_GENERATIONS:])
+        keep = {self.current(), previous}
         for number in self.generations():
             if number not in keep:
                 remove_tree(self.generation(number))

@@ -69,3 +69,27 @@ def test_string_ids_hash_to_stable_keys_and_negative_ids_fail(tmp_path: Path) ->
     neg = expand_paths([str(write_parquet(tmp_path / "n.parquet", [{"id": -3, "text": "a"}]))])
     with pytest.raises(CorpusError, match=r"outside 0\.\.2"):
         list(read_batches(neg, corpus_schema(neg, "text", "id"), "text", "id"))
+
+
+def test_glob_names_files_relative_to_its_literal_folder(tmp_path: Path) -> None:
+    write_parquet(tmp_path / "data" / "2023" / "part-0.parquet", _rows(2))
+    write_parquet(tmp_path / "data" / "2024" / "part-0.parquet", _rows(2))
+    sources = expand_paths([str(tmp_path / "data" / "*" / "part-0.parquet")])
+    assert [s.rel for s in sources] == ["2023/part-0.parquet", "2024/part-0.parquet"]
+    keys = [k for b in read_batches(sources, corpus_schema(sources, "text", None), "text", None) for k in b["_key"]]
+    assert len(set(keys)) == 4
+
+
+def test_a_file_found_twice_gets_one_name_whatever_the_argument_order(tmp_path: Path) -> None:
+    folder, file = tmp_path / "data", write_parquet(tmp_path / "data" / "sub" / "x.parquet", _rows(1))
+    rels = [[s.rel for s in expand_paths([str(a), str(b)])] for a, b in [(folder, file), (file, folder)]]
+    assert rels == [["sub/x.parquet"], ["sub/x.parquet"]]
+
+
+def test_same_named_files_without_id_column_are_refused(tmp_path: Path) -> None:
+    a = write_parquet(tmp_path / "a" / "x.parquet", _rows(2))
+    b = write_parquet(tmp_path / "b" / "x.parquet", _rows(2, 10))
+    sources = expand_paths([str(a), str(b)])
+    with pytest.raises(CorpusError, match=r"a/x\.parquet and .*b/x\.parquet .*parent folder or a glob.*--id-column"):
+        corpus_schema(sources, "text", None)
+    assert corpus_schema(sources, "text", "id").names == ["id", "text", "cat"]
