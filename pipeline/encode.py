@@ -7,14 +7,15 @@ import copy
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.batching import BucketStream, ChunkResults, Launch, padded_tokens, plan_batches
-from pipeline.errors import ModelError, UsageError
-from pipeline.model import ModelRef, load_sentence_transformer, pooling_mode
+from pipeline.errors import EncoderError, UsageError
+from pipeline.model import ModelRef, check_encoder_modules, load_sentence_transformer, pooling_mode
 from pipeline.onnx_backend import available_cores
 from pipeline.tokenize_pool import PendingTokens, TokenBatch, TokenizerPool
 
@@ -151,9 +152,8 @@ class Encoder:
         self.backend = resolve_backend(self.config.backend, self.device)
         self.precision = resolve_precision(self.config.precision, self.device, self.backend)
         self.st = load_sentence_transformer(ref, self.device, self.config.max_seq_length)
+        check_encoder_modules(self.st, ref.name)
         self.pooling = pooling_mode(self.st)
-        if self.pooling != "mean":
-            raise ModelError(f"model {ref.name} pools with {self.pooling!r}; bmsearch computes mean pooling only")
         positions = getattr(getattr(self.st[0].auto_model, "config", None), "max_position_embeddings", None)
         if isinstance(positions, int) and positions > 0 and (self.st.max_seq_length or positions + 1) > positions:
             # A plain model directory gets a 512 default that may exceed what its position table holds.
@@ -171,6 +171,7 @@ class Encoder:
         self.threads = self.config.threads or max(1, cores - self.tokenizer_workers)
         self.batch_size = self.config.batch_size
         self._pool: TokenizerPool | None = None
+        self._pool_lock = threading.Lock()
         self._local = TokenizerPool(self.tokenizer, self.max_seq_length, workers=0)
         self.int8_check: dict[str, float] | None = None
         self.stats = EncoderStats()
@@ -227,12 +228,25 @@ class Encoder:
         on a GPU the next launch is queued before the previous one is waited for, so the device is not
         idle while the host collects results.
         """
-        if self.group_tokens > 1:
-            return self._encode_streamed(chunks)
-        return self._encode_each(chunks)
+        return self._encode_with_pool(chunks, self._encode_streamed if self.group_tokens > 1 else self._encode_each)
 
-    def _encode_each(self, chunks: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
+    def _encode_with_pool(
+        self,
+        chunks: Iterable[Sequence[str]],
+        encode: Callable[[TokenizerPool, Iterable[Sequence[str]]], Iterator[np.ndarray]],
+    ) -> Iterator[np.ndarray]:
         pool = self._tokenizer_pool()
+        try:
+            yield from encode(pool, chunks)
+        except BrokenProcessPool as exc:
+            # A worker died (killed, out of memory): that pool refuses all further work, so the next
+            # call must start a fresh one.
+            self._drop_pool(pool)
+            raise EncoderError(
+                "a tokenizer worker process died (killed, or out of memory?); run the command again to resume"
+            ) from exc
+
+    def _encode_each(self, pool: TokenizerPool, chunks: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
         submitted: deque[PendingTokens] = deque()
         lookahead = max(1, self.config.prefetch_chunks)
         for chunk in chunks:
@@ -242,8 +256,7 @@ class Encoder:
         while submitted:
             yield self._launch(submitted.popleft().result()).wait()
 
-    def _encode_streamed(self, chunks: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
-        pool = self._tokenizer_pool()
+    def _encode_streamed(self, pool: TokenizerPool, chunks: Iterable[Sequence[str]]) -> Iterator[np.ndarray]:
         submitted: deque[tuple[int, PendingTokens]] = deque()
         stream = BucketStream(self.token_budget, self.batch_size)
         results = ChunkResults(self.dim)
@@ -319,9 +332,10 @@ class Encoder:
 
     def close(self) -> None:
         """Stop the tokeniser workers (they restart on the next encode_chunks)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def __enter__(self) -> Encoder:
         return self
@@ -330,9 +344,17 @@ class Encoder:
         self.close()
 
     def _tokenizer_pool(self) -> TokenizerPool:
-        if self._pool is None:
-            self._pool = TokenizerPool(self.tokenizer, self.max_seq_length, self.tokenizer_workers)
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = TokenizerPool(self.tokenizer, self.max_seq_length, self.tokenizer_workers)
+            return self._pool
+
+    def _drop_pool(self, pool: TokenizerPool) -> None:
+        """Forget a pool that cannot work any more (unless another thread replaced it already) and stop it."""
+        with self._pool_lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.close()
 
     def _onnx_runner(self) -> _OnnxModel:
         from pipeline.onnx_backend import (

@@ -51,3 +51,7 @@ class IndexBuildError(BmsearchError):
 
 class DataError(BmsearchError):
     """Training or evaluation data is missing, malformed or too small."""
+
+
+class EncoderError(BmsearchError):
+    """Encoding failed at run time for a reason outside the input (a tokenizer worker process died)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ DEFAULT_MODEL = "prajjwal1/bert-medium"
 # Files that decide what a model computes; their bytes make a local directory's identity.
 _IDENTITY_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
 _HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model", "1_Pooling/*", "2_Normalize/*"]
+# Fetched only when a repo has no safetensors: older repos ship PyTorch pickles alone.
+_HUB_BIN_PATTERNS = ["pytorch_model*.bin"]
 _HUB_CONNECT_TIMEOUT_S = 3.0
 
 
@@ -68,26 +71,83 @@ def directory_hash(path: Path) -> str:
 
 
 def _hub_snapshot(repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import constants
+
+    advice = "pass a local model directory with --model PATH, or download it where the hub is reachable"
+    cached = _cached_snapshot(repo_id, revision)
+    if cached is not None and _has_weights(Path(cached)):
+        return cached
+    if _offline():
+        if cached is not None:
+            raise ModelError(_incomplete(repo_id, cached, "HF_HUB_OFFLINE is set"))
+        raise ModelError(f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {advice}")
+    if not _reachable(constants.ENDPOINT):
+        if cached is not None:
+            raise ModelError(_incomplete(repo_id, cached, f"{constants.ENDPOINT} cannot be reached"))
+        raise ModelError(f"model {repo_id} is not cached and {constants.ENDPOINT} cannot be reached; {advice}")
+    return _download(repo_id, revision)
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
+    """The cached snapshot folder of a hub model, complete or not; None when there is none."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    advice = "pass a local model directory with --model PATH, or download it where the hub is reachable"
     try:
         return str(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except HFValidationError as exc:
         raise ModelError(f"{repo_id!r} is neither a local directory nor a valid hub model id") from exc
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
-    if _offline():
-        raise ModelError(f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {advice}")
-    from huggingface_hub import constants
+        return None
 
-    if not _reachable(constants.ENDPOINT):
-        raise ModelError(f"model {repo_id} is not cached and {constants.ENDPOINT} cannot be reached; {advice}")
+
+def _download(repo_id: str, revision: str | None) -> str:
+    """Fetch a hub model's files: safetensors weights, or the PyTorch pickles where a repo has none."""
+    from huggingface_hub import snapshot_download
+
     try:
-        return str(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS, etag_timeout=5))
+        folder = str(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS, etag_timeout=5))
+        if not _has_weights(Path(folder)):
+            folder = str(
+                snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_BIN_PATTERNS, etag_timeout=5)
+            )
     except Exception as exc:  # the hub raises many kinds; all mean "could not fetch"
         raise ModelError(f"could not download model {repo_id}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    if not _has_weights(Path(folder)):
+        # snapshot_download falls back to a partial cached copy when the hub answers with an error
+        raise ModelError(
+            f"could not download the weights of model {repo_id} (no *.safetensors or pytorch_model.bin in {folder}); "
+            "check that the repository holds a model, or pass a local model directory with --model PATH"
+        )
+    return folder
+
+
+def _has_weights(folder: Path) -> bool:
+    """Whether a snapshot holds config.json and a complete set of weights (every shard its index names)."""
+    if not (folder / "config.json").is_file():
+        return False
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            return _shards_present(folder, folder / index)
+    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+
+
+def _shards_present(folder: Path, index: Path) -> bool:
+    import json
+
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return bool(shards) and all((folder / str(shard)).is_file() for shard in shards)
+
+
+def _incomplete(repo_id: str, folder: str, why: str) -> str:
+    return (
+        f"the cached copy of {repo_id} is incomplete (missing weights: no *.safetensors or pytorch_model.bin in "
+        f"{folder}) and {why}; run once where the hub is reachable without HF_HUB_OFFLINE to complete it, "
+        "or pass a local model directory with --model PATH"
+    )
 
 
 def _offline() -> bool:
@@ -97,13 +157,28 @@ def _offline() -> bool:
 
 
 def _reachable(endpoint: str) -> bool:
+    """Whether a TCP connection to the hub opens within a few seconds (fail fast when it cannot).
+
+    Behind a proxy the hub's host is not ours to reach: huggingface_hub goes through the proxy, so its own
+    short-timeout request decides instead.
+    """
     url = urlparse(endpoint)
+    if _proxied(url.scheme, url.hostname or ""):
+        return True
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "", port), timeout=_HUB_CONNECT_TIMEOUT_S):
             return True
     except OSError:
         return False
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    """Whether HTTP(S)_PROXY / ALL_PROXY (less NO_PROXY) send requests to host through a proxy."""
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(host)
 
 
 def load_sentence_transformer(
@@ -149,6 +224,43 @@ def pooling_mode(model: SentenceTransformer) -> str:
             mode = getattr(module, "pooling_mode", None)
             return str(mode if isinstance(mode, str) else module.get_pooling_mode_str())
     return "none"
+
+
+def check_encoder_modules(model: SentenceTransformer, name: str) -> None:
+    """Raise ModelError unless the model is Transformer -> mean Pooling [-> Normalize].
+
+    That is all the encoder computes (the transformer, then its own mean pooling and L2 normalisation); a
+    Dense, LayerNorm or any other module would be skipped and give wrong vectors without a word.
+    """
+    pooling_cls, transformer_cls = _module_classes()
+    normalize_cls = _normalize_class()
+    modules = list(model)
+    shape_ok = (
+        len(modules) in (2, 3)
+        and isinstance(modules[0], transformer_cls)
+        and isinstance(modules[1], pooling_cls)
+        and (len(modules) == 2 or (normalize_cls is not None and isinstance(modules[2], normalize_cls)))
+    )
+    if not shape_ok:
+        chain = " -> ".join(type(m).__name__ for m in modules) or "no modules"
+        raise ModelError(
+            f"model {name} runs {chain}; bmsearch computes only Transformer -> mean Pooling [-> Normalize], "
+            "so it would give different vectors: use a model without extra modules"
+        )
+    mode = pooling_mode(model)
+    if mode != "mean":
+        raise ModelError(f"model {name} pools with {mode!r}; bmsearch computes mean pooling only")
+
+
+def _normalize_class() -> Any:
+    """sentence-transformers' Normalize module class (None if this version has none)."""
+    import importlib
+
+    try:
+        modules = importlib.import_module("sentence_transformers.sentence_transformer.modules")
+    except ImportError:
+        modules = importlib.import_module("sentence_transformers.models")
+    return getattr(modules, "Normalize", None)
 
 
 def _module_classes() -> tuple[Any, Any]:

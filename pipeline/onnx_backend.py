@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -144,13 +145,42 @@ def quantize_int8(ref: ModelRef, fp32_path: Path) -> Path:
     try:
         source = scratch / fp32_path.name
         os.link(fp32_path, source)
-        with _atomic_target(target) as tmp:
+        with _atomic_target(target) as tmp, _quiet_onnxruntime_root_logs():
             quantize_dynamic(str(source), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
     except Exception as exc:
         raise ModelError(_failure(f"int8 quantisation of {ref.name}", exc)) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+class _OnnxRuntimeAdvice(logging.Filter):
+    """Drops onnxruntime's warnings and notes: it logs advice meant for its own users on the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or f"{os.sep}onnxruntime{os.sep}" not in record.pathname
+
+
+@contextmanager
+def _quiet_onnxruntime_root_logs() -> Iterator[None]:
+    """Keep the quantizer's root-logger advice ("Please consider to run pre-processing ...") off stderr.
+
+    Only records logged on the root logger from onnxruntime's files below ERROR are dropped. A root logger
+    without handlers gets a NullHandler for the duration: `logging.warning()` would otherwise install a
+    stderr handler on it for good (basicConfig).
+    """
+    root = logging.getLogger()
+    advice = _OnnxRuntimeAdvice()
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
 
 
 class OnnxRunner:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +23,9 @@ _WORKER_TOKENIZER: Any = None
 _WORKER_CUT: int | None = None
 # Below this many texts a chunk is not split across workers: pickling overhead would dominate.
 _MIN_SPLIT = 256
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# How often a worker checks that its parent is alive (the fallback where prctl is not available).
+_PARENT_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -131,11 +139,52 @@ def encode_texts(tok: Any, texts: Sequence[str], cut: int | None = None) -> Toke
     return TokenBatch(ids, lengths)
 
 
-def _init_worker(spec: str, max_length: int) -> None:
+def _init_worker(spec: str, max_length: int, parent: int) -> None:
     global _WORKER_TOKENIZER, _WORKER_CUT
+    _die_with_parent(parent)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER_TOKENIZER = make_tokenizer(spec, max_length)
     _WORKER_CUT = cut_length(_WORKER_TOKENIZER)
+
+
+def _die_with_parent(parent: int, poll_s: float = _PARENT_POLL_S) -> None:
+    """Make this process exit once process `parent` is gone, even if it died by SIGKILL.
+
+    A worker left behind would wait on its task queue forever. On Linux the kernel signals the worker
+    at once (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread notices the new parent pid within poll_s.
+    """
+    if sys.platform.startswith("linux"):
+        _signal_on_parent_death(parent)
+    threading.Thread(target=_watch_parent, args=(parent, poll_s), name="bmsearch-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it died before the watch began
+        os._exit(1)
+
+
+def _signal_on_parent_death(parent: int) -> None:
+    """Have Linux signal this process when its parent dies.
+
+    Not with SIGTERM: the kernel sends the signal as well when the parent *thread* that spawned the worker
+    exits, and ProcessPoolExecutor spawns from whichever thread submits. SIGUSR1's handler tells the two
+    apart by the parent pid, which changes only when the process died; SIGTERM stays the executor's way
+    to stop a worker.
+    """
+
+    def on_signal(signum: int, frame: object) -> None:
+        if os.getppid() != parent:
+            os._exit(1)
+
+    try:
+        signal.signal(signal.SIGUSR1, on_signal)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGUSR1), 0, 0, 0)
+    except (OSError, AttributeError, ValueError):
+        pass  # the watching thread still notices
+
+
+def _watch_parent(parent: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
 
 
 def _encode_in_worker(texts: Sequence[str]) -> TokenBatch:
@@ -179,7 +228,7 @@ class TokenizerPool:
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(spec, max_length),
+                initargs=(spec, max_length, os.getpid()),
             )
         else:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="bmsearch-tokenize")

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +25,7 @@ from pipeline.encode import (
     plan_batches,
     resolve_backend,
 )
-from pipeline.errors import UsageError
+from pipeline.errors import EncoderError, UsageError
 from pipeline.model import resolve_model
 from pipeline.tokenize_pool import TokenBatch, TokenizerPool
 from tests.conftest import sample_texts
@@ -85,6 +93,126 @@ def test_worker_pool_equals_in_process(tiny_model: Path, encoder: Encoder) -> No
         assert pooled._pool is not None and pooled._pool.workers == 2
     assert [len(p) for p in parts] == [len(c) for c in chunks]
     assert np.allclose(np.concatenate(parts), encoder.encode(texts), atol=1e-6)
+
+
+# Parents that tokenise forever and print their tokeniser workers' pids once those have done some work:
+# a TokenizerPool alone (starts in a second), and a whole Encoder (imports torch: slow on a small machine).
+_POOL_PARENT = """
+import multiprocessing, sys, types
+from tokenizers import Tokenizer
+from pipeline.tokenize_pool import TokenizerPool
+from tests.conftest import sample_texts
+
+tokenizer = types.SimpleNamespace(backend_tokenizer=Tokenizer.from_file(sys.argv[1] + "/tokenizer.json"))
+pool = TokenizerPool(tokenizer, 128, workers=2)
+texts = sample_texts(2000)
+for i in range(10**9):
+    pool.submit(texts).result()
+    if i == 0:
+        print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+"""
+_ENCODER_PARENT = """
+import multiprocessing, sys
+from pipeline.encode import Encoder, EncoderConfig
+from pipeline.model import resolve_model
+from tests.conftest import sample_texts
+
+config = EncoderConfig(device="cpu", backend="torch", tokenizer_workers=2)
+encoder = Encoder(resolve_model(sys.argv[1]), config)
+texts = sample_texts(2000)
+for i, _ in enumerate(encoder.encode_chunks(iter(lambda: texts, None))):
+    if i == 0:
+        print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+"""
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else ""
+
+
+def _alive(pid: int) -> bool:
+    psutil = pytest.importorskip("psutil")
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+@pytest.mark.parametrize(
+    "script", [_POOL_PARENT, pytest.param(_ENCODER_PARENT, marks=pytest.mark.slow)], ids=["pool", "encoder"]
+)
+def test_tokenizer_workers_die_with_a_killed_parent(tiny_model: Path, script: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tiny_model)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    workers: list[int] = []
+    try:
+        workers = [int(pid) for pid in _read_line(parent, timeout=120).split()]
+        assert len(workers) == 2, "the parent never reported its tokeniser workers"
+        parent.kill()  # SIGKILL: no atexit, no executor shutdown
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if _alive(pid)], "tokeniser workers outlived their parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_tokenizer_workers_outlive_the_thread_that_started_them(encoder: Encoder) -> None:
+    # On Linux the kernel's parent-death signal also fires when the spawning *thread* exits.
+    pool = TokenizerPool(encoder.tokenizer, 32, workers=1)
+    try:
+        first: list[TokenBatch] = []
+        starter = threading.Thread(target=lambda: first.append(pool.submit(["a cat"]).result()))
+        starter.start()
+        starter.join()
+        time.sleep(0.5)
+        assert pool.submit(["a cat"]).result().lengths.tolist() == first[0].lengths.tolist()
+    finally:
+        pool.close()
+
+
+def test_broken_tokenizer_pool_is_replaced_on_the_next_call(tiny_model: Path, encoder: Encoder) -> None:
+    texts = sample_texts(300, seed=12)
+    config = EncoderConfig(device="cpu", backend="torch", tokenizer_workers=1)
+    with Encoder(resolve_model(str(tiny_model)), config) as pooled:
+        list(pooled.encode_chunks([texts]))
+        broken = pooled._pool
+        assert broken is not None
+        for process in list(broken._executor._processes.values()):  # type: ignore[attr-defined]
+            process.kill()
+            process.join()
+        with pytest.raises(EncoderError, match="worker process died") as raised:
+            list(pooled.encode_chunks([texts]))
+        assert isinstance(raised.value.__cause__, BrokenProcessPool)
+        again = list(pooled.encode_chunks([texts]))
+        assert pooled._pool is not None and pooled._pool is not broken
+    assert np.allclose(again[0], encoder.encode(texts), atol=1e-6)
+
+
+def test_worker_exits_when_its_parent_pid_changes() -> None:
+    # The watching thread alone (what is left where prctl is not available): a parent pid that is not ours.
+    code = "import time; from pipeline.tokenize_pool import _watch_parent; _watch_parent(-1, 0.05); time.sleep(30)"
+    started = time.monotonic()
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, timeout=30, capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (1, "")
+    assert time.monotonic() - started < 15
 
 
 def test_long_input_pipelines_through_chunks(monkeypatch: pytest.MonkeyPatch, encoder: Encoder) -> None:

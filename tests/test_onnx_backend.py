@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,68 @@ def test_no_spin_sessions_give_the_same_vectors(tiny_model: Path, texts: list[st
     options = quiet._runner.runner.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert np.array_equal(quiet.encode(texts), spinning)
+
+
+def _fresh_fp32_copy(tiny_model: Path, folder: Path) -> Path:
+    """The tiny model's fp32 export, alone in a folder of its own: quantising it there is never a cache hit."""
+    import shutil
+
+    ref = resolve_model(str(tiny_model))
+    Encoder(ref, EncoderConfig(device="cpu", backend="onnx"))
+    folder.mkdir()
+    return Path(shutil.copy(onnx_backend.cache_dir(ref) / "model-fp32.onnx", folder / "model-fp32.onnx"))
+
+
+def test_quantizer_advice_stays_off_the_root_logger(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # onnxruntime logs "Please consider to run pre-processing before quantization" on the root logger,
+    # which the CLI prints on stderr even with --quiet.
+    fp32 = _fresh_fp32_copy(tiny_model, tmp_path / "m")
+    root = logging.getLogger()
+    filters, handlers = list(root.filters), list(root.handlers)
+    with caplog.at_level(logging.DEBUG):
+        int8 = onnx_backend.quantize_int8(resolve_model(str(tiny_model)), fp32)
+    assert int8.is_file()
+    assert [r.getMessage() for r in caplog.records if "onnxruntime" in r.pathname] == []
+    assert (root.filters, root.handlers) == (filters, handlers)
+
+
+def test_quantizer_leaves_an_unconfigured_root_logger_unconfigured(
+    tiny_model: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # logging.warning() on a root logger without handlers would install a stderr handler for good.
+    fp32 = _fresh_fp32_copy(tiny_model, tmp_path / "m")
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    for handler in saved:
+        root.removeHandler(handler)
+    try:
+        onnx_backend.quantize_int8(resolve_model(str(tiny_model)), fp32)
+        left = list(root.handlers)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+    assert left == []
+    assert "pre-processing" not in capfd.readouterr().err
+
+
+def test_quiet_quantizer_keeps_errors_and_our_own_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    ort_file = str(Path("site-packages") / "onnxruntime" / "quantization" / "quantize.py")
+
+    def ort_record(level: int, msg: str) -> logging.LogRecord:
+        record = logging.makeLogRecord({"name": "root", "levelno": level, "pathname": ort_file, "msg": msg})
+        record.levelname = logging.getLevelName(level)
+        return record
+
+    with caplog.at_level(logging.DEBUG), onnx_backend._quiet_onnxruntime_root_logs():
+        logging.getLogger().handle(ort_record(logging.WARNING, "advice"))
+        logging.getLogger().handle(ort_record(logging.ERROR, "ort failed"))
+        logging.getLogger("pipeline.encode").warning("ours")
+        logging.getLogger().warning("ours on the root logger")
+    assert [r.getMessage() for r in caplog.records] == ["ort failed", "ours", "ours on the root logger"]
 
 
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
