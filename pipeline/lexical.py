@@ -280,11 +280,7 @@ class LexicalIndex:
             if not ids:
                 continue
             scores = self.retriever.get_scores_from_ids(ids, weight_mask=mask)
-            hits = np.flatnonzero(scores > 0)
-            if len(hits) > k:
-                hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
-            # ties broken by position so results are deterministic
-            hits = hits[np.lexsort((hits, -scores[hits]))]
+            hits = _top_k(scores, k)
             out_scores[i, : len(hits)] = scores[hits]
             out_keys[i, : len(hits)] = self.keys[hits]
         return out_scores, out_keys
@@ -321,6 +317,21 @@ class LexicalIndex:
             if len(found) == 1:
                 out[i] = self.keys[found[0]]
         return out
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best positive scores, best first, ties broken by position (the smaller first).
+
+    Ties at the cut are settled by position too, so a smaller k's result is always a prefix of a larger k's.
+    """
+    hits = np.flatnonzero(scores > 0)  # ascending positions
+    if len(hits) > k:
+        values = scores[hits]
+        kth = np.partition(values, len(values) - k)[len(values) - k]  # the k-th best score
+        above = values > kth
+        tied = np.flatnonzero(values == kth)[: k - int(above.sum())]
+        hits = np.sort(np.concatenate([hits[above], hits[tied]]))
+    return hits[np.lexsort((hits, -scores[hits]))]
 
 
 def _resolve_stemmer(stemmer: str | None) -> str | None:

@@ -155,8 +155,10 @@ def make_lexical_set(
 
 
 def _check_out(folder: BeirFolder, out: Path, overwrite: bool) -> None:
-    if out.resolve() == folder.root.resolve():
-        raise UsageError("the lexical set's folder must not be the source BEIR folder")
+    out_path, source = out.resolve(), folder.root.resolve()
+    if out_path == source or out_path in source.parents or source in out_path.parents:
+        # --overwrite replaces the folder: it must neither hold nor sit inside the source
+        raise UsageError("the lexical set's folder must not be, hold or sit inside the source BEIR folder")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

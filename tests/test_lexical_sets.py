@@ -75,8 +75,10 @@ def test_refusals(source: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="only"):
         make_lexical_set(source, tmp_path / "big", spec(queries=500))
     assert not (tmp_path / "big").exists()
-    with pytest.raises(UsageError, match="source"):
-        make_lexical_set(source, source, spec())
+    for out in (source, source.parent, source / "inside"):  # --overwrite would delete the source
+        with pytest.raises(UsageError, match="source"):
+            make_lexical_set(source, out, spec(), overwrite=True)
+    assert (source / "corpus.jsonl").is_file()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(UsageError, match="--overwrite"):
