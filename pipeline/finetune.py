@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -107,13 +108,11 @@ def finetune(
     last = _last_checkpoint(ckpt_root)
     if config.resume and last is None:
         raise UsageError(f"--resume given but there is no checkpoint under {ckpt_root}")
-    if last is not None and not config.resume:
-        if not config.overwrite:
-            raise UsageError(
-                f"checkpoints of an earlier run exist in {ckpt_root}; pass --resume to continue it "
-                "or --overwrite to start over"
-            )
-        shutil.rmtree(ckpt_root)
+    if last is not None and not config.resume and not config.overwrite:
+        raise UsageError(
+            f"checkpoints of an earlier run exist in {ckpt_root}; pass --resume to continue it "
+            "or --overwrite to start over"
+        )
 
     data = load_pairs(config.train, config.format, config.split, config.columns)
     if config.max_examples:
@@ -126,11 +125,17 @@ def finetune(
 
     device = resolve_device(config.device)
     model = load_sentence_transformer(resolve_model(config.base), device, config.max_seq_length)
+    if last is not None and not config.resume:
+        # --overwrite: the earlier run's checkpoints go only once the new run's data and model have loaded
+        shutil.rmtree(ckpt_root)
+        last = None
     from datasets import Dataset
 
     train_dataset = Dataset.from_dict(columns)
     n_examples = len(train_dataset)
     loss = _make_loss(model, config.loss)
+    if last is not None:
+        _load_loss_state(loss, last)
     evaluator = _make_evaluator(dev, config.batch_size) if dev is not None else None
     args, precision = _training_args(config, ckpt_root, device, n_examples)
 
@@ -144,7 +149,7 @@ def finetune(
         train_dataset=train_dataset,
         loss=loss,
         evaluator=evaluator,
-        callbacks=[reporter, *(callbacks or [])],
+        callbacks=[reporter, _LossStateSaver(loss), *(callbacks or [])],
     )
     # The library never prints: drop the trainer's own tqdm bar and log printer.
     trainer.remove_callback(PrinterCallback)
@@ -373,6 +378,51 @@ class _ProgressReporter:
         if step > self.seen:
             self.progress.advance(step - self.seen)
             self.seen = step
+
+
+LOSS_STATE = "bmsearch_loss_state.pt"
+
+
+def _loss_state(loss: Any) -> dict[str, Any]:
+    """The loss's own parameters (SoftmaxLoss's classifier head), without the model's: the trainer's
+    checkpoints hold only the model, so a resumed run would otherwise restart the head from scratch."""
+    return {k: v for k, v in loss.state_dict().items() if not k.startswith("model.")}
+
+
+def _load_loss_state(loss: Any, checkpoint: Path) -> None:
+    if not _loss_state(loss):
+        return
+    path = checkpoint / LOSS_STATE
+    if not path.exists():
+        logging.getLogger(__name__).warning(
+            "%s lacks %s (the loss's own weights): they restart from scratch", checkpoint, LOSS_STATE
+        )
+        return
+    import torch
+
+    loss.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
+
+
+class _LossStateSaver:
+    """A TrainerCallback that writes the loss's own parameters into each checkpoint the trainer saves."""
+
+    def __init__(self, loss: Any) -> None:
+        self.loss = loss
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        state_dict = _loss_state(self.loss)
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state_dict and folder.is_dir():
+            import torch
+
+            tmp = folder / f".{LOSS_STATE}.tmp"
+            torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
+            os.replace(tmp, folder / LOSS_STATE)
 
 
 def _last_checkpoint(root: Path) -> Path | None:

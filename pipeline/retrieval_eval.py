@@ -116,9 +116,8 @@ def search_modes(
         times["dense"] = time.perf_counter() - t0
     if need_lexical:
         if lexical is None:
-            from pipeline.lexical import open_lexical
-
-            lexical = open_lexical(lexical_path(searcher))
+            # through the generation, which refuses (UsageError) an index built without a lexical side
+            lexical = searcher.generation.lexical
         t0 = time.perf_counter()
         found["lexical"] = lexical.search(list(queries), depth)
         times["lexical"] = time.perf_counter() - t0
@@ -174,6 +173,8 @@ def evaluate_retrieval(
     if not qids:
         raise DataError("no query has both a text and a relevant judgement; check that the qrels match the queries")
     texts = [queries[q] for q in qids]
+    if lexical is None and ("lexical" in modes or "hybrid" in modes):
+        lexical = searcher.generation.lexical  # refuse an index without a lexical side before any search
     if "dense" in modes or "hybrid" in modes:
         searcher.encoder  # noqa: B018 - load the model before the clock starts
     timings: dict[str, float] = {}

@@ -202,7 +202,11 @@ def read_table(path: Path, columns: Columns) -> PairData:
             scores = [float(v) for v in table.column(score_col).to_pylist()]
         except (TypeError, ValueError) as exc:
             raise DataError(f"{path}: column {score_col!r} holds non-numeric scores ({exc})") from exc
-    return PairData(s1, s2, labels=labels, scores=scores, source=str(path), format="table")
+    # Scores already on 0-1 are used as they are; any other scale is mapped min-max over the data.
+    unit = scores is not None and all(0.0 <= s <= 1.0 for s in scores)
+    return PairData(
+        s1, s2, labels=labels, scores=scores, score_range=(0.0, 1.0) if unit else None, source=str(path), format="table"
+    )
 
 
 def parse_labels(values: Sequence[Any], where: str) -> list[int]:
