@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import IndexBuildError, IndexCorruptError
+from pipeline.errors import IndexBuildError, IndexCorruptError, UsageError
 from pipeline.fsutil import atomic_open
 from pipeline.progress import NoProgress, Progress
 
@@ -360,6 +360,8 @@ def search(
     efSearch, and scores selective filters (and short rows) exactly over its stored vectors.
     """
     q = _as_queries(queries)
+    if q.ndim != 2 or q.shape[1] != index.d:
+        raise UsageError(f"query vectors of shape {q.shape} do not match the index dimension {index.d}")
     if isinstance(params, dict) or params is None:
         params = SearchParams.from_dict(params) if isinstance(params, dict) else current_search_params(index)
     if q.shape[0] == 0 or index.ntotal == 0 or k <= 0:
@@ -524,14 +526,16 @@ def recall_at_k(
     _, found = search(index, queries, k + 1, params)
     hits, total = 0, 0
     for qid, got, true in zip(query_ids, found, truth, strict=True):
-        # truth holds the exact top k+1, best first: without the query itself that leaves k
+        # truth holds the exact top k+1 (best first, the query itself among them when it is in the index) or
+        # the top k of the other vectors: without the query itself that leaves k
         true_set = {t for t in true.tolist() if t != qid and t >= 0}
         if len(true_set) > k:
             true_set = set([t for t in true.tolist() if t != qid][:k])
         got_k = [g for g in got.tolist() if g != qid][:k]
         hits += len(true_set.intersection(got_k))
         total += len(true_set)
-    return hits / max(total, 1)
+    # no true neighbours at all (an index of one vector): nothing was missed
+    return hits / total if total else 1.0
 
 
 def _param_grid(kind: str, upper: int) -> list[int]:
@@ -613,7 +617,8 @@ def build_index(
     index_type is a FAISS factory string ("Flat", "IVF4096,Flat", "HNSW32", "OPQ64,IVF4096,PQ64"); None
     picks one by size and memory budget. Vectors must be L2-normalised (cosine = inner product).
     Recall is measured on `eval_set` when given (its k wins), else on `eval_queries` corpus vectors
-    sampled here, their exact neighbours found while adding.
+    sampled here and held out of training and of the index until tuning is done (then added), their exact
+    neighbours among the other vectors found while adding.
     """
     progress = progress or NoProgress()
     started = time.perf_counter()
@@ -673,17 +678,28 @@ def build_index(
     del train
     t0 = time.perf_counter()
     progress.stage("add vectors", total=n)
-    truth = _ExactTopK(queries, k + 1) if eval_set is None else None
-    added = 0
+    # The evaluation queries are held out of the index until tuning is done: a query that is itself in the
+    # index leads an HNSW search (and its IVF list) straight to its own neighbourhood, which overstates the
+    # recall that real queries get. Their exact neighbours are found among the other vectors.
+    truth = _ExactTopK(queries, k) if eval_set is None else None
+    held = np.sort(query_ids) if eval_set is None else np.empty(0, np.int64)
+    added, held_seen = 0, 0
     for ids, vecs in source():
         ids, vecs = _check_chunk(ids, vecs, dim)
+        rows = ids.shape[0]
+        if held.size:
+            keep = ~np.isin(ids, held)
+            held_seen += int(rows - keep.sum())
+            ids, vecs = ids[keep], vecs[keep]
         index.add_with_ids(vecs, ids)
         if truth is not None:
             truth.update(ids, vecs)
         added += ids.shape[0]
-        progress.advance(ids.shape[0])
-    if added != n:
-        raise IndexBuildError(f"the vector source yielded {added} vectors on its second pass, {n} expected")
+        progress.advance(rows)
+    if added + held_seen != n:
+        raise IndexBuildError(f"the vector source yielded {added + held_seen} vectors on its second pass, {n} expected")
+    if held_seen != held.size:
+        raise IndexBuildError("the vector source yields an id more than once; ids must be unique")
     stats.add_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     progress.stage("tune recall", total=None)
@@ -694,8 +710,12 @@ def build_index(
         truth_ids = truth.sorted_ids()
     params, recall, curve = tune_search_params(index, queries, query_ids, truth_ids, k, recall_target)
     apply_search_params(index, params)
-    progress.close()
     stats.tune_seconds = time.perf_counter() - t0
+    if held.size:
+        t0 = time.perf_counter()
+        index.add_with_ids(queries, query_ids)
+        stats.add_seconds += time.perf_counter() - t0
+    progress.close()
     stats.eval_queries = int(queries.shape[0])
     stats.recall = float(recall)
     stats.target_met = bool(recall >= recall_target)
