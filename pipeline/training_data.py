@@ -150,11 +150,17 @@ def read_sick(path: Path, split: str = "train") -> PairData:
             raise DataError(f"{file} lacks column(s) {', '.join(absent)}; columns: {', '.join(header)}")
         idx = {c: header.index(c) for c in need}
         rows = [line.rstrip("\n").split("\t") for line in fh if line.strip()]
+    short = next((n for n, r in enumerate(rows, start=2) if len(r) < len(header)), None)
+    if short is not None:
+        raise DataError(f"{file} line {short} has fewer than the header's {len(header)} tab-separated fields")
     rows = [r for r in rows if wanted is None or r[idx["SemEval_set"]].upper() == wanted]
     if not rows:
         raise DataError(f"{file} has no rows in split {split!r}")
     labels = parse_labels([r[idx["entailment_label"]] for r in rows], str(file))
-    scores = [float(r[idx["relatedness_score"]]) for r in rows]
+    try:
+        scores = [float(r[idx["relatedness_score"]]) for r in rows]
+    except ValueError as exc:
+        raise DataError(f"{file} has a relatedness_score that is not a number ({exc})") from None
     return PairData(
         [r[idx["sentence_A"]] for r in rows],
         [r[idx["sentence_B"]] for r in rows],

@@ -82,7 +82,12 @@ def build_vectors(
     if previous is not None and _reusable(previous["index"], wanted, remove):
         record = dict(previous["index"])
         index = ann.load_index(previous["path"], params=record.get("search_params"))
-        if ann.update_index(index, remove, shard_source(shard_dir, new_groups)()):
+        if not ann.update_index(index, remove, shard_source(shard_dir, new_groups)()):
+            log.info("index %s cannot remove ids; rebuilding it", wanted)
+        elif index.ntotal != n:
+            # the update and the rows disagree: a generation committed so would be refused at load time
+            log.warning("index updated in place holds %d vectors for %d rows; rebuilding it", index.ntotal, n)
+        else:
             size = ann.save_index(index, out)
             record.update(
                 ntotal=int(index.ntotal),
@@ -93,7 +98,6 @@ def build_vectors(
                 added=int(sum(len(g.keys) for g in new_groups)),
             )
             return record
-        log.info("index %s cannot remove ids; rebuilding it", wanted)
     index, stats = ann.build_index(
         shard_source(shard_dir, groups),
         dim,

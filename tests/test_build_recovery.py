@@ -262,3 +262,17 @@ def test_tokenizer_workers_stop_when_encoding_fails(
     with pytest.raises(Crash):
         build_index(options(data, idx, tiny_model))
     assert calls == ["close"]
+
+
+def test_an_in_place_update_that_loses_vectors_is_rebuilt(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import ann
+
+    data, idx = write_parquet(tmp_path / "c.parquet", rows(20)), tmp_path / "idx"
+    build_index(options(data, idx, tiny_model))
+    write_parquet(data, rows(25))
+    monkeypatch.setattr(ann, "update_index", lambda index, remove, source: True)  # adds nothing
+    result = build_index(options(data, idx, tiny_model))
+    manifest = read_manifest(IndexPaths.of(idx, "inc").require_current())
+    assert result.rows == manifest["index"]["ntotal"] == 25 and not manifest["index"].get("updated_in_place")

@@ -184,6 +184,12 @@ def test_sick_layout_and_splits(tmp_path: Path) -> None:
     assert test.unit_scores() == [0.0, 0.5, 1.0]
     assert load_sts_pairs(path).split == "test"  # evaluation defaults to SICK's test split
     assert load_pairs(path).split == "train" and len(load_pairs(path, split="all")) == 5
+    path.write_text("\n".join([header, *rows, "6\tk\tl\tNEUTRAL"]) + "\n")
+    with pytest.raises(DataError, match="line 7 has fewer"):
+        load_pairs(path, split="test")
+    path.write_text("\n".join([header, *rows, "6\tk\tl\tNEUTRAL\tn/a\tTEST"]) + "\n")
+    with pytest.raises(DataError, match="relatedness_score that is not a number"):
+        load_pairs(path, split="test")
 
 
 def test_table_reader_csv_and_label_forms(tmp_path: Path) -> None:
