@@ -492,15 +492,19 @@ class EvalSet:
 
 
 def make_eval_set(source: VectorSource, dim: int, n: int, queries: int = 1000, k: int = 10, seed: int = 0) -> EvalSet:
-    """Sample `queries` corpus vectors and find their exact neighbours by brute force (two passes).
+    """Sample `queries` corpus vectors and find their exact neighbours among the other, non-query vectors
+    by brute force (two passes); `build_index` holds the queries out of the index while it measures.
 
     Pass it to several `build_index` calls over the same vectors to measure them on the same ground truth.
     """
     n_eval = int(min(queries, max(n // 10, 1)))
     _, q, qids = _sample_pass(source, n, dim, 0, n_eval, seed)
-    top = _ExactTopK(q, k + 1)
+    top = _ExactTopK(q, k)
+    held = np.sort(qids)
     for ids, vecs in source():
-        top.update(*_check_chunk(ids, vecs, dim))
+        ids, vecs = _check_chunk(ids, vecs, dim)
+        keep = ~np.isin(ids, held)
+        top.update(ids[keep], vecs[keep])
     return EvalSet(q, qids, top.sorted_ids(), k)
 
 
@@ -616,9 +620,9 @@ def build_index(
 
     index_type is a FAISS factory string ("Flat", "IVF4096,Flat", "HNSW32", "OPQ64,IVF4096,PQ64"); None
     picks one by size and memory budget. Vectors must be L2-normalised (cosine = inner product).
-    Recall is measured on `eval_set` when given (its k wins), else on `eval_queries` corpus vectors
-    sampled here and held out of training and of the index until tuning is done (then added), their exact
-    neighbours among the other vectors found while adding.
+    Recall is measured on `eval_queries` corpus vectors sampled here, or on `eval_set`'s (its k wins): they
+    are held out of training and of the index until tuning is done (then added), their exact neighbours
+    among the other vectors found while adding (or given by the eval set).
     """
     progress = progress or NoProgress()
     started = time.perf_counter()
@@ -682,7 +686,9 @@ def build_index(
     # index leads an HNSW search (and its IVF list) straight to its own neighbourhood, which overstates the
     # recall that real queries get. Their exact neighbours are found among the other vectors.
     truth = _ExactTopK(queries, k) if eval_set is None else None
-    held = np.sort(query_ids) if eval_set is None else np.empty(0, np.int64)
+    if eval_set is not None:
+        queries, query_ids = eval_set.queries, eval_set.query_ids
+    held = np.sort(query_ids)
     added, held_seen = 0, 0
     for ids, vecs in source():
         ids, vecs = _check_chunk(ids, vecs, dim)
@@ -704,7 +710,7 @@ def build_index(
     t0 = time.perf_counter()
     progress.stage("tune recall", total=None)
     if eval_set is not None:
-        queries, query_ids, truth_ids = eval_set.queries, eval_set.query_ids, eval_set.truth
+        truth_ids = eval_set.truth
     else:
         assert truth is not None
         truth_ids = truth.sorted_ids()

@@ -333,8 +333,9 @@ def test_hnsw_cannot_remove_so_caller_rebuilds(data: tuple) -> None:
 def test_shared_eval_set_matches_internal_measurement(data: tuple, ivf: tuple) -> None:
     ids, x = data
     ev = ann.make_eval_set(source(ids, x), D, len(ids), queries=300, k=10)
-    assert ev.truth.shape == (300, 11)
-    q_scores = np.sort(ev.queries @ x.T, axis=1)[:, ::-1][:, :11]
+    assert ev.truth.shape == (300, 10)
+    others = ~np.isin(ids, ev.query_ids)  # the truth is among the vectors that are not queries
+    q_scores = np.sort(ev.queries @ x[others].T, axis=1)[:, ::-1][:, :10]
     pos = {int(i): j for j, i in enumerate(ids)}
     got = np.array([[ev.queries[r] @ x[pos[int(t)]] for t in row] for r, row in enumerate(ev.truth)])
     assert np.allclose(got, q_scores, atol=1e-5)  # exact and best first

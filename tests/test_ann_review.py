@@ -86,3 +86,25 @@ def test_query_dimension_mismatch_is_a_usage_error() -> None:
         ann.search(index, np.zeros((2, D + 1), np.float32), 5)
     with pytest.raises(UsageError, match="dimension"):
         ann.search(index, np.zeros((2, D + 1), np.float32), 5, allowed_ids=ids[:3])
+
+
+def test_an_eval_set_is_held_out_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench index` measures several index types on one eval set: the same hold-out applies."""
+    n = 2000
+    ids = np.arange(n, dtype=np.int64) * 7 + 5
+    x = _vectors(n, seed=3)
+    source = _source(ids, x)
+    eval_set = ann.make_eval_set(source, D, n, queries=100, k=10)
+    assert not np.isin(eval_set.truth, eval_set.query_ids).any()  # neighbours among the other vectors
+    seen: dict[str, int] = {}
+    tune = ann.tune_search_params
+
+    def spy(index: Any, *args: Any) -> Any:
+        seen["ntotal"] = int(index.ntotal)
+        return tune(index, *args)
+
+    monkeypatch.setattr(ann, "tune_search_params", spy)
+    index, stats = ann.build_index(source, D, n, index_type="HNSW8", eval_set=eval_set)
+    assert seen["ntotal"] == n - 100 and index.ntotal == n and stats.eval_queries == 100
+    flat, exact = ann.build_index(source, D, n, index_type="Flat", eval_set=eval_set)
+    assert exact.recall == 1.0  # exact search finds the truth computed without the queries
