@@ -106,5 +106,5 @@ def test_an_eval_set_is_held_out_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ann, "tune_search_params", spy)
     index, stats = ann.build_index(source, D, n, index_type="HNSW8", eval_set=eval_set)
     assert seen["ntotal"] == n - 100 and index.ntotal == n and stats.eval_queries == 100
-    flat, exact = ann.build_index(source, D, n, index_type="Flat", eval_set=eval_set)
+    _, exact = ann.build_index(source, D, n, index_type="Flat", eval_set=eval_set)
     assert exact.recall == 1.0  # exact search finds the truth computed without the queries
