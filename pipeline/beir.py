@@ -133,7 +133,12 @@ def load_qrels(path: Path | str) -> dict[str, dict[str, int]]:
             if number == 1:
                 continue  # the header
             raise DataError(f"{path}:{number}: relevance {grade!r} is not a number") from None
-        qrels.setdefault(qid, {})[did] = value
+        judged = qrels.setdefault(qid, {})
+        if judged.get(did, value) != value:
+            raise DataError(
+                f"{path}:{number}: query {qid!r} and document {did!r} are judged twice, {judged[did]} and {value}"
+            )
+        judged[did] = value
     if not qrels:
         raise DataError(f"{path} holds no judgements")
     return qrels

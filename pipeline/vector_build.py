@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import ann
-from pipeline.errors import IndexBuildError
+from pipeline.errors import IndexBuildError, IndexCorruptError
 from pipeline.progress import Progress
 from pipeline.shards import read_shard
 
@@ -80,23 +80,8 @@ def build_vectors(
     n = int(sum(len(g.keys) for g in groups))
     wanted = index_type or ann.choose_index(n, dim, memory_budget).factory
     if previous is not None and _reusable(previous["index"], wanted, remove):
-        record = dict(previous["index"])
-        index = ann.load_index(previous["path"], params=record.get("search_params"))
-        if not ann.update_index(index, remove, shard_source(shard_dir, new_groups)()):
-            log.info("index %s cannot remove ids; rebuilding it", wanted)
-        elif index.ntotal != n:
-            # the update and the rows disagree: a generation committed so would be refused at load time
-            log.warning("index updated in place holds %d vectors for %d rows; rebuilding it", index.ntotal, n)
-        else:
-            size = ann.save_index(index, out)
-            record.update(
-                ntotal=int(index.ntotal),
-                n_vectors=int(index.ntotal),
-                index_bytes=size,
-                updated_in_place=True,
-                removed=len(remove),
-                added=int(sum(len(g.keys) for g in new_groups)),
-            )
+        record = _update_in_place(out, shard_dir, previous, remove, new_groups, n)
+        if record is not None:
             return record
     index, stats = ann.build_index(
         shard_source(shard_dir, groups),
@@ -111,6 +96,42 @@ def build_vectors(
     stats.index_bytes = size
     record = stats.to_dict()
     record.update(type=stats.factory, ntotal=int(index.ntotal), dimension=dim, updated_in_place=False)
+    return record
+
+
+def _update_in_place(
+    out: Path,
+    shard_dir: Path,
+    previous: dict[str, Any],
+    remove: np.ndarray,
+    new_groups: Sequence[ShardGroup],
+    n: int,
+) -> dict[str, Any] | None:
+    """The previous index with `remove` dropped and `new_groups` added, saved to `out`; None when it must be
+    rebuilt instead (it cannot remove ids, it is unreadable, or its count disagrees with the rows)."""
+    record = dict(previous["index"])
+    try:
+        index = ann.load_index(previous["path"], params=record.get("search_params"))
+    except IndexCorruptError as exc:
+        # the stored embeddings are intact: a scheduled run rebuilds rather than fail on every retry
+        log.warning("previous vector index unreadable (%s); rebuilding it from the embeddings", exc)
+        return None
+    if not ann.update_index(index, remove, shard_source(shard_dir, new_groups)()):
+        log.info("index %s cannot remove ids; rebuilding it", record.get("factory"))
+        return None
+    if index.ntotal != n:
+        # the update and the rows disagree: a generation committed so would be refused at load time
+        log.warning("index updated in place holds %d vectors for %d rows; rebuilding it", index.ntotal, n)
+        return None
+    size = ann.save_index(index, out)
+    record.update(
+        ntotal=int(index.ntotal),
+        n_vectors=int(index.ntotal),
+        index_bytes=size,
+        updated_in_place=True,
+        removed=len(remove),
+        added=int(sum(len(g.keys) for g in new_groups)),
+    )
     return record
 
 

@@ -64,6 +64,10 @@ def test_trec_qrels_and_bad_lines(tmp_path: Path) -> None:
     bad.write_text("query-id\tcorpus-id\tscore\nq1\td1\thigh\n")
     with pytest.raises(DataError, match=r"bad\.tsv:2"):
         load_qrels(bad)
+    twice = tmp_path / "twice.tsv"
+    twice.write_text("q1\td1\t1\nq1\td1\t1\nq1\td1\t0\n")  # the same grade again is harmless
+    with pytest.raises(DataError, match=r"twice\.tsv:3: .* judged twice, 1 and 0"):
+        load_qrels(twice)
 
 
 def test_bad_folders_and_files(tmp_path: Path) -> None:

@@ -276,3 +276,15 @@ def test_an_in_place_update_that_loses_vectors_is_rebuilt(
     result = build_index(options(data, idx, tiny_model))
     manifest = read_manifest(IndexPaths.of(idx, "inc").require_current())
     assert result.rows == manifest["index"]["ntotal"] == 25 and not manifest["index"].get("updated_in_place")
+
+
+def test_an_unreadable_previous_index_is_rebuilt_from_the_embeddings(tmp_path: Path, tiny_model: Path) -> None:
+    data, idx = write_parquet(tmp_path / "c.parquet", rows(20)), tmp_path / "idx"
+    first = build_index(options(data, idx, tiny_model))
+    faiss_file = IndexPaths.of(idx, "inc").require_current() / "vectors.faiss"
+    faiss_file.write_bytes(faiss_file.read_bytes()[:100])  # a torn copy, as a bad disk might leave it
+    write_parquet(data, rows(22))
+    result = build_index(options(data, idx, tiny_model))
+    assert result.generation == first.generation + 1 and result.encoded == 2  # the 20 were not re-encoded
+    searcher = Searcher(IndexPaths.of(idx, "inc"), encoder=EncoderConfig(backend="torch"))
+    assert searcher.generation.index.ntotal == 22
