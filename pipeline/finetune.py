@@ -454,11 +454,19 @@ def _save_atomically(
         fsync_tree(tmp)
         if out.exists():
             os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old.exists():
+                os.replace(old, out)  # put the previous model back rather than leave none
+            raise
         fsync_dir(out.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)  # --out named a file, replaced with --overwrite
 
 
 def model_card(config: FinetuneConfig, result: FinetuneResult, dev: PairData | None) -> str:

@@ -126,3 +126,47 @@ def test_eval_retrieval_lexical_on_index_without_lexical_side(tiny_model: Path, 
     shutil.rmtree(gen / "lexical")
     result = run("eval", "retrieval", "--beir", folder, "--index-dir", index_dir, "--modes", "dense,hybrid", "-q")
     assert result.exit_code == 2 and "no lexical side" in result.stderr, result.output
+
+
+class _Model:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def save(self, path: str, create_model_card: bool = False) -> None:
+        Path(path).mkdir(parents=True)
+        (Path(path) / "weights.txt").write_text(self.text)
+
+
+class _Result:
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": 1, "log_history": []}
+
+
+def test_a_failed_swap_puts_the_previous_model_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    from types import SimpleNamespace
+
+    from pipeline import finetune as ft
+
+    monkeypatch.setattr(ft, "model_card", lambda *_: "card")
+    out = tmp_path / "model"
+    config: Any = SimpleNamespace(loss="cosine")
+    ft._save_atomically(_Model("v1"), out, config, _Result(), None)  # type: ignore[arg-type]
+    real_replace, calls = os.replace, []
+
+    def failing_second(src: Any, dst: Any) -> None:
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ft.os, "replace", failing_second)
+    with pytest.raises(OSError):
+        ft._save_atomically(_Model("v2"), out, config, _Result(), None)  # type: ignore[arg-type]
+    assert (out / "weights.txt").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    monkeypatch.setattr(ft.os, "replace", real_replace)
+    as_file = tmp_path / "file-out"
+    as_file.write_text("not a model")
+    ft._save_atomically(_Model("v3"), as_file, config, _Result(), None)  # type: ignore[arg-type]
+    assert (as_file / "weights.txt").read_text() == "v3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file-out", "model"]  # no hidden .old left
