@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -44,8 +45,8 @@ class FusionConfig:
             raise UsageError(f"unknown fusion method {self.method!r}: use {', '.join(METHODS)}")
         if self.rrf_k < 0:
             raise UsageError("the RRF constant must be >= 0")
-        if any(w < 0 for w in self.weights.values()):
-            raise UsageError("fusion weights must be >= 0")
+        if not all(math.isfinite(w) and w >= 0 for w in self.weights.values()):
+            raise UsageError("fusion weights must be finite numbers >= 0")
         if self.lead_margin is not None and not 0 <= self.lead_margin <= 1:
             raise UsageError("the lead margin must be between 0 and 1")
 

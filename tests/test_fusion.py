@@ -79,8 +79,9 @@ def test_bad_arguments() -> None:
         fuse([ranked([1])], 1, method="borda")
     with pytest.raises(UsageError):
         fuse([ranked([1]), ranked([2])], 1, weights=[1.0])
-    with pytest.raises(UsageError):
-        FusionConfig(weights={"dense": -1.0})
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(UsageError):
+            FusionConfig(weights={"dense": bad})
 
 
 def lexical_standout(second: float) -> tuple[np.ndarray, np.ndarray]:
