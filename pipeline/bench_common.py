@@ -38,8 +38,6 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """CPU model, core counts, memory, GPU (when torch is already loaded and sees one), versions, load."""
-    import sys
-
     import numpy as np
 
     info: dict[str, Any] = {
@@ -59,14 +57,26 @@ def machine_info() -> dict[str, Any]:
         info["ram_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     info["load_average"] = info["load_avg_at_start"] = load
-    torch = sys.modules.get("torch")
-    info["gpu"] = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
+    info["gpu"] = gpu_name()
     for key, dist in (("torch", "torch"), ("faiss", "faiss-cpu"), ("onnxruntime", "onnxruntime")):
         try:
             info[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             info[key] = None
     return info
+
+
+def gpu_name(load: bool = False) -> str | None:
+    """The first CUDA device's name: only when torch is already loaded, or with load, when it is installed."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None and load:
+        try:
+            import torch
+        except ImportError:
+            return None
+    return torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
 
 
 def append_record(path: Path, section: str) -> None:

@@ -342,8 +342,8 @@ def markdown_section(result: dict[str, Any], command: str) -> str:
         "",
         "Build uses all cores; latencies are single-threaded (`faiss.omp_set_num_threads(1)`), one query per "
         "call through `pipeline.ann.search`, queries sampled from the corpus. Recall@10 is measured at build "
-        "time against exact search on 1000 corpus vectors (self excluded); the search parameter is the "
-        "smallest reaching 0.95. Filtered: random 1% / 50% of ids allowed, filter built once (`IdFilter`). "
+        "time against exact search for min(1000, n/10) corpus vectors held out of the index while it is "
+        f"measured; the search parameter is the smallest reaching {ann.DEFAULT_RECALL_TARGET}. Filtered: random 1% / 50% of ids allowed, filter built once (`IdFilter`). "
         "Peak RSS is the whole process (it includes the vectors held in memory).",
         "",
         "| " + " | ".join(COLUMNS) + " |",

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.bench_common import machine_info
+from pipeline.bench_common import gpu_name, machine_info
 from pipeline.bench_encode import build_arch
 from pipeline.bench_incremental import corpus_texts
 
@@ -58,6 +58,7 @@ def run_memory_bench(
     sizes: list[int], data_dir: Path, model: str | None = None, arch: str = "bert-tiny", backend: str = "torch"
 ) -> dict[str, Any]:
     """Index each corpus size from scratch in its own process and compare peak RSS."""
+    machine = machine_info()  # before the runs load the machine
     runs = []
     with tempfile.TemporaryDirectory(prefix="bmsearch-mem-") as tmp:
         root = Path(tmp)
@@ -73,7 +74,7 @@ def run_memory_bench(
         "corpus": what,
         "model": model or f"random {arch}",
         "backend": backend,
-        "machine": machine_info(),
+        "machine": {**machine, "gpu": gpu_name(load=True)},  # the child indexes on it when there is one
         "runs": runs,
         "ratio": runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"],
     }
@@ -85,8 +86,8 @@ def markdown_section(result: dict[str, Any], command: str) -> str:
         "## Memory: peak RSS of `bmsearch index` against corpus size",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, no GPU; load average at start "
-        f"{m['load_avg_at_start']}  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, GPU {m.get('gpu') or 'none'}; "
+        f"load average at start {m['load_avg_at_start']}  ",
         f"Corpus: {result['corpus']}; model {result['model']}, backend {result['backend']}; each size indexed "
         "from scratch in its own process (peak RSS from wait4)",
         "",

@@ -279,8 +279,10 @@ async def _load(
     deadline = time.monotonic() + time_limit_s
     connector = aiohttp.TCPConnector(limit=clients)
 
+    completed = 0
+
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal issued
+        nonlocal issued, completed
         while issued < requests and time.monotonic() < deadline:
             n = issued
             issued += 1
@@ -293,8 +295,11 @@ async def _load(
                     key = str(response.status)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 ok, key = False, type(exc).__name__
-            latencies.append(time.perf_counter() - started)
-            if not ok:
+            elapsed = time.perf_counter() - started
+            completed += 1
+            if ok:
+                latencies.append(elapsed)
+            else:
                 errors[key] = errors.get(key, 0) + 1
 
     timeout = aiohttp.ClientTimeout(total=30)
@@ -302,8 +307,9 @@ async def _load(
         started = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(clients)))
         wall = time.perf_counter() - started
+    # QPS and latencies are of the answered (200) requests: a fast error is no throughput
     return {
-        "requests": len(latencies),
+        "requests": completed,
         "seconds": round(wall, 3),
         "errors": sum(errors.values()),
         "error_kinds": errors,
@@ -401,6 +407,7 @@ def pipeline_ceiling(
 def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Build or reuse the index, then for max_batch (and 1, to compare) and each client count, serve and load."""
     progress = progress or NoProgress()
+    machine = machine_info()  # the load average before the index build and the runs, as recorded
     index = prepare_index(config, progress)
     queries = index.pop("queries")
     if not queries:
@@ -443,7 +450,7 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
             progress.close()
     return {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "extra_env"},
-        "machine": machine_info(),
+        "machine": machine,
         "server": server_settings(config),
         "index": index,
         "runs": runs,
