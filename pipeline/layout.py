@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,16 @@ def list_indexes(index_dir: Path | str) -> list[IndexPaths]:
     if not base.is_dir():
         return []
     return [IndexPaths(p) for p in sorted(base.iterdir()) if p.is_dir() and (p / "CURRENT").exists()]
+
+
+def serving_paths(index_dir: Path | str, names: Sequence[str] | None) -> list[IndexPaths]:
+    """The named indexes, or every committed one in index_dir when none is named (at least one)."""
+    if names:
+        return [IndexPaths.of(index_dir, name) for name in names]
+    found = list_indexes(index_dir)
+    if not found:
+        raise IndexNotFoundError(f"no index in {index_dir}; build one with `bmsearch index`")
+    return found
 
 
 def resolve_name(index_dir: Path | str, name: str | None) -> IndexPaths:

@@ -252,23 +252,22 @@ def check_encoder_modules(model: SentenceTransformer, name: str) -> None:
         raise ModelError(f"model {name} pools with {mode!r}; bmsearch computes mean pooling only")
 
 
-def _normalize_class() -> Any:
-    """sentence-transformers' Normalize module class (None if this version has none)."""
+def _st_modules() -> Any:
+    """sentence-transformers' module namespace: version 6's, or the older `models`."""
     import importlib
 
     try:
-        modules = importlib.import_module("sentence_transformers.sentence_transformer.modules")
+        return importlib.import_module("sentence_transformers.sentence_transformer.modules")
     except ImportError:
-        modules = importlib.import_module("sentence_transformers.models")
-    return getattr(modules, "Normalize", None)
+        return importlib.import_module("sentence_transformers.models")
 
 
 def _module_classes() -> tuple[Any, Any]:
-    """(Pooling, Transformer) from sentence-transformers 6, or the older `models` namespace."""
-    import importlib
-
-    try:
-        modules = importlib.import_module("sentence_transformers.sentence_transformer.modules")
-    except ImportError:
-        modules = importlib.import_module("sentence_transformers.models")
+    """(Pooling, Transformer) of sentence-transformers."""
+    modules = _st_modules()
     return modules.Pooling, modules.Transformer
+
+
+def _normalize_class() -> Any:
+    """sentence-transformers' Normalize module class (None if this version has none)."""
+    return getattr(_st_modules(), "Normalize", None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,12 +77,6 @@ def score_run(run: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str,
 
 
 # --- searching ------------------------------------------------------------------------------------------
-def lexical_path(searcher: Any) -> Path:
-    from pipeline.lexical import LEXICAL_DIR
-
-    return Path(searcher.generation.path) / LEXICAL_DIR
-
-
 def search_modes(
     searcher: Any,
     queries: Sequence[str],

@@ -334,7 +334,7 @@ def process_jobs(
             )
             groups.setdefault(key, []).append(i)
         for group in groups.values():
-            _search_group(live, [jobs[i] for i in group], group, vectors, fusion, results)
+            _search_group(live, jobs, group, vectors, fusion, results)
     return [r if r is not None else RuntimeError("job not processed") for r in results]
 
 
@@ -366,15 +366,17 @@ def _encode_jobs(
 
 def _search_group(
     live: Live,
-    group_jobs: list[SearchJob],
+    jobs: list[SearchJob],
     indices: list[int],
     vectors: dict[int, Any],
     fusion: FusionConfig | None,
     results: list[JobResult | BaseException | None],
 ) -> None:
-    """One search_encoded call for jobs sharing k, filter, columns and mode, on the snapshot's generation."""
+    """One search_encoded call for the jobs at `indices`, which share k, filter, columns and mode, on the
+    snapshot's generation."""
     import numpy as np
 
+    group_jobs = [jobs[i] for i in indices]
     job = group_jobs[0]
     generation = live.generation
     try:
@@ -508,17 +510,12 @@ class ServerState:
             self._froze_gc = False
 
     def _load(self) -> None:
-        from pipeline.layout import IndexPaths, list_indexes
+        from pipeline.layout import serving_paths
         from pipeline.search import Searcher
 
         try:
             cfg = self.config
-            if cfg.indexes:
-                paths = [IndexPaths.of(cfg.index_dir, name) for name in cfg.indexes]
-            else:
-                paths = list_indexes(cfg.index_dir)
-                if not paths:
-                    raise IndexNotFoundError(f"no index in {cfg.index_dir}; build one with `bmsearch index`")
+            paths = serving_paths(cfg.index_dir, cfg.indexes)
             plan = batch_plan(cfg.device, cfg.threads, cfg.workers, cfg.max_wait_ms)
             encoder = serving_encoder(cfg.device, plan.threads)
             searchers: dict[str, Searcher] = {}
@@ -905,7 +902,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
 
 def _declare_api_key(app: FastAPI) -> None:
-    """Tell OpenAPI clients (and the /docs page's Authorize button) how to send the key the guard checks."""
+    """Tell OpenAPI clients how to send the key the guard checks."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -167,13 +167,9 @@ def _check_indexes(index_dir: str, names: tuple[str, ...]) -> None:
 
     The server loads its indexes in the background after binding, where a failure is only logged.
     """
-    from pipeline.errors import IndexNotFoundError
-    from pipeline.layout import IndexPaths, list_indexes
+    from pipeline.layout import serving_paths
 
-    paths = [IndexPaths.of(index_dir, name) for name in names] if names else list_indexes(index_dir)
-    if not paths:
-        raise IndexNotFoundError(f"no index in {index_dir}; build one with `bmsearch index`")
-    for p in paths:
+    for p in serving_paths(index_dir, names):
         p.require_current()
 
 
