@@ -27,7 +27,11 @@ class IndexNotFoundError(BmsearchError):
     """No index (or no complete generation) under the given name."""
 
 
-class IndexExistsError(BmsearchError):
+class OutputExistsError(BmsearchError):
+    """An output (index, model folder, evaluation set) exists and --overwrite was not given."""
+
+
+class IndexExistsError(OutputExistsError):
     """An index of that name exists and --overwrite was not given."""
 
 

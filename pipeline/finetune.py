@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import DataError, IndexExistsError, UsageError
+from pipeline.errors import DataError, OutputExistsError, UsageError
 from pipeline.fsutil import fsync_dir, fsync_tree
 from pipeline.model import load_sentence_transformer, resolve_model
 from pipeline.progress import NoProgress, Progress
@@ -103,7 +103,7 @@ def finetune(
     _check_numbers(config)
     out = Path(config.out)
     if out.exists() and not config.overwrite:
-        raise IndexExistsError(f"output directory {out} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"output directory {out} exists; pass --overwrite to replace it")
     ckpt_root = checkpoint_dir(out)
     last = _last_checkpoint(ckpt_root)
     if config.resume and last is None:

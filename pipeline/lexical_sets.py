@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.beir import BeirFolder, iter_corpus, load_qrels, load_queries
-from pipeline.errors import DataError, UsageError
+from pipeline.errors import DataError, OutputExistsError, UsageError
 from pipeline.fsutil import remove_tree
 from pipeline.lexical import TOKEN_RE, term_function
 
@@ -162,7 +162,7 @@ def _check_out(folder: BeirFolder, out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out} is not empty; give --overwrite to replace it")
+        raise OutputExistsError(f"{out} is not empty; give --overwrite to replace it")
 
 
 def _write_folder(root: Path, folder: BeirFolder, drawn: Drawn, spec: LexicalSetSpec) -> None:

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.errors import DataError, IndexExistsError, ModelError, UsageError
+from pipeline.errors import DataError, ModelError, OutputExistsError, UsageError
 from pipeline.finetune import FinetuneConfig, checkpoint_dir, finetune, nli_triplets
 from pipeline.training_data import PairData
 from tests.conftest import sample_texts
@@ -233,7 +233,7 @@ def test_cli_trains_and_refuses_existing_output(tiny_model: Path, nli_parquet: P
     weights = (out / "model.safetensors").read_bytes()
 
     again = run_cli(*args)
-    assert again.exit_code == IndexExistsError.exit_code == 1
+    assert again.exit_code == OutputExistsError.exit_code == 1
     assert "exists" in again.stderr and "--overwrite" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
     assert (out / "model.safetensors").read_bytes() == weights

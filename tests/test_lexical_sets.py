@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.beir import BeirFolder, iter_corpus, load_qrels, load_queries
-from pipeline.errors import DataError, UsageError
+from pipeline.errors import DataError, OutputExistsError, UsageError
 from pipeline.lexical import term_function
 from pipeline.lexical_sets import LexicalSetSpec, make_lexical_set, words
 from tests.conftest import sample_texts
@@ -81,7 +81,7 @@ def test_refusals(source: Path, tmp_path: Path) -> None:
     assert (source / "corpus.jsonl").is_file()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    with pytest.raises(UsageError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="--overwrite"):
         make_lexical_set(source, tmp_path / "full", spec())
     make_lexical_set(source, tmp_path / "full", spec(), overwrite=True)
     assert not (tmp_path / "full" / "keep.txt").exists() and (tmp_path / "full" / "queries.jsonl").is_file()
@@ -96,4 +96,4 @@ def test_cli(source: Path, tmp_path: Path) -> None:
     assert "5 queries written" in result.stdout
     assert all(len(t.split()) == 2 for t in load_queries(out / "queries.jsonl").values())
     again = run("eval", "make-lexical-set", source, out, "--queries", "5")
-    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert again.exit_code == 1 and "--overwrite" in again.output  # as index and finetune on an existing output
