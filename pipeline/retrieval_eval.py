@@ -13,8 +13,8 @@ from pipeline.beir import QrelsCheck, check_qrels
 from pipeline.errors import DataError, UsageError
 from pipeline.fusion import FusionConfig, fuse_modes, padded
 from pipeline.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from pipeline.search import MODES
 
-MODES = ("dense", "lexical", "hybrid")
 EVAL_DEPTH = 100  # recall@100 needs 100 results per query
 
 

@@ -68,3 +68,13 @@ def test_every_command_and_bench_subcommand_loads() -> None:
         assert result.exit_code == 0 and "Usage:" in result.output, (name, result.output)
     for name in ("sts", "retrieval"):
         assert runner.invoke(cli, ["eval", name, "--help"]).exit_code == 0
+
+
+def test_search_modes_agree_across_cli_library_and_server() -> None:
+    from typing import get_args
+
+    from pipeline.cli.options import SEARCH_MODES
+    from pipeline.search import MODES
+    from pipeline.server import SearchRequest
+
+    assert SEARCH_MODES == MODES == get_args(SearchRequest.model_fields["mode"].annotation)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import backend_option, bench_output_options, uvicorn_options
+from pipeline.cli.options import backend_option, bench_output_options, mode_option, uvicorn_options
 from pipeline.cli.output import CliProgress, emit_json, handle_errors
 
 
@@ -44,13 +44,7 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
 )
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option(
-    "--mode",
-    type=click.Choice(["dense", "lexical", "hybrid"]),
-    default="dense",
-    show_default=True,
-    help="The requests' search mode (lexical and hybrid add a BM25 side to the cached index).",
-)
+@mode_option("The requests' search mode (lexical and hybrid add a BM25 side to the cached index).")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option(
     "--max-wait-ms",

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli.options import (
+    SEARCH_MODES,
     LeadOff,
     backend_option,
     device_option,
@@ -21,12 +22,10 @@ from pipeline.cli.output import CliProgress, emit_json, format_table, handle_err
 
 
 def _modes(text: str) -> list[str]:
-    from pipeline.retrieval_eval import MODES
-
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in SEARCH_MODES]
     if bad or not modes:
-        raise click.BadParameter(f"use a comma-separated subset of {','.join(MODES)}", param_hint="--modes")
+        raise click.BadParameter(f"use a comma-separated subset of {','.join(SEARCH_MODES)}", param_hint="--modes")
     return list(dict.fromkeys(modes))
 
 

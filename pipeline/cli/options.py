@@ -156,6 +156,14 @@ def with_lead_rules(config: Any, lead: float | type[LeadOff] | None, sole_match:
     return config
 
 
+SEARCH_MODES = ("dense", "lexical", "hybrid")  # pipeline.search.MODES, kept here so the CLI imports no numpy
+
+
+def mode_option(help: str) -> Callable[[F], F]:
+    """--mode dense|lexical|hybrid."""
+    return click.option("--mode", type=click.Choice(SEARCH_MODES), default="dense", show_default=True, help=help)
+
+
 def hybrid_options(func: F) -> F:
     """--fusion, --weights, --lead-margin and --lead-sole-match: how hybrid mode fuses (see `hybrid_config`)."""
     func = sole_match_option(func)

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import LeadOff, device_option, hybrid_config, hybrid_options, index_dir_option
+from pipeline.cli.options import (
+    LeadOff,
+    device_option,
+    hybrid_config,
+    hybrid_options,
+    index_dir_option,
+    mode_option,
+)
 from pipeline.cli.output import format_table, handle_errors
 
 
@@ -43,13 +50,7 @@ from pipeline.cli.output import format_table, handle_errors
     default=None,
     help="Write --queries results here: .parquet or .jsonl (another name needs --format).",
 )
-@click.option(
-    "--mode",
-    type=click.Choice(["dense", "lexical", "hybrid"]),
-    default="dense",
-    show_default=True,
-    help="Dense vectors, BM25, or both fused.",
-)
+@mode_option("Dense vectors, BM25, or both fused.")
 @hybrid_options
 @click.option("--model", "-m", default=None, help="Model to encode with; must match the index's manifest.")
 @device_option
