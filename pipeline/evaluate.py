@@ -1,4 +1,4 @@
-"""STS evaluation: Spearman and Pearson of embedding cosine similarity against gold pair scores."""
+"""Pair evaluation of embedding cosine similarity: STS correlations with gold scores, NLI pair classification."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.metrics import pearson, spearman
+from pipeline.metrics import average_precision, best_accuracy, pearson, spearman
 from pipeline.progress import NoProgress, Progress
 from pipeline.training_data import Columns, PairData, detect_format, load_pairs
 
 STS_SPLITS = ("train", "dev", "test")
+ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2  # PairData's label ids
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,29 @@ class StsResult:
     pearson: float
     seconds: float
     backend: str = ""  # the Encoder's resolved backend: torch, onnx, onnx-int8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class NliResult:
+    """How well cosine similarity tells entailed from contradicted pairs (x100; neutral pairs only in the
+    Spearman and the mean cosines)."""
+
+    model: str
+    data: str
+    format: str
+    split: str | None
+    pairs: int
+    label_counts: dict[str, int]
+    ap: float  # average precision of entailment over contradiction pairs, ranked by cosine
+    accuracy: float  # entailment vs contradiction at the best cosine threshold
+    threshold: float
+    spearman: float  # cosine against the order entailment > neutral > contradiction, all pairs
+    mean_cosine: dict[str, float]
+    seconds: float
+    backend: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +102,23 @@ def score_pairs(pairs: PairData, encode: Any) -> np.ndarray:
     return cosine_scores(emb[i1], emb[i2])
 
 
+def load_nli_pairs(
+    data: str | Path, split: str | None = None, format: str = "auto", columns: Columns | None = None
+) -> PairData:
+    """Labelled pairs for NLI evaluation: an SNLI folder or SICK (test split unless named), or a table."""
+    path = Path(data)
+    fmt = detect_format(path) if format == "auto" and path.exists() else format
+    if fmt in ("snli", "sick") and split is None:
+        split = "test"
+    pairs = load_pairs(path, format, split, columns)
+    if pairs.labels is None:
+        raise DataError(f"{path} has no entailment labels to evaluate against ({pairs.format} layout)")
+    found = set(pairs.labels)
+    if ENTAILMENT not in found or CONTRADICTION not in found:
+        raise DataError(f"{path} needs both entailment and contradiction pairs; it has {_label_counts(pairs.labels)}")
+    return pairs
+
+
 def evaluate_sts(
     model: str,
     data: str | Path,
@@ -88,11 +129,73 @@ def evaluate_sts(
     progress: Progress | None = None,
 ) -> StsResult:
     """Encode each pair with the product's Encoder and correlate cosine similarity with the gold scores."""
+    pairs = load_sts_pairs(data, split, format, columns)
+    sims, backend, seconds = _pair_cosines(model, pairs, encoder_config, progress)
+    gold = np.asarray(pairs.scores, dtype=np.float64)
+    return StsResult(
+        model=model,
+        data=pairs.source,
+        format=pairs.format,
+        split=pairs.split or split,
+        pairs=len(pairs),
+        spearman=100 * spearman(sims, gold),
+        pearson=100 * pearson(sims, gold),
+        seconds=seconds,
+        backend=backend,
+    )
+
+
+def evaluate_nli(
+    model: str,
+    data: str | Path,
+    split: str | None = None,
+    format: str = "auto",
+    columns: Columns | None = None,
+    encoder_config: Any = None,
+    progress: Progress | None = None,
+) -> NliResult:
+    """Encode each labelled pair and measure how well cosine similarity ranks entailment above
+    contradiction (average precision, best-threshold accuracy) and follows the three labels' order."""
+    pairs = load_nli_pairs(data, split, format, columns)
+    sims, backend, seconds = _pair_cosines(model, pairs, encoder_config, progress)
+    labels = np.asarray(pairs.labels, dtype=np.int64)
+    binary = labels != NEUTRAL
+    entailed = labels[binary] == ENTAILMENT
+    accuracy, threshold = best_accuracy(sims[binary], entailed)
+    return NliResult(
+        model=model,
+        data=pairs.source,
+        format=pairs.format,
+        split=pairs.split or split,
+        pairs=len(pairs),
+        label_counts=_label_counts(pairs.labels or []),
+        ap=100 * average_precision(sims[binary], entailed),
+        accuracy=100 * accuracy,
+        threshold=round(threshold, 4),
+        spearman=100 * spearman(sims, CONTRADICTION - labels),
+        mean_cosine={
+            name: round(float(sims[labels == i].mean()), 4) for name, i in _LABELS.items() if (labels == i).any()
+        },
+        seconds=seconds,
+        backend=backend,
+    )
+
+
+_LABELS = {"entailment": ENTAILMENT, "neutral": NEUTRAL, "contradiction": CONTRADICTION}
+
+
+def _label_counts(labels: list[int]) -> dict[str, int]:
+    return {name: n for name, i in _LABELS.items() if (n := labels.count(i))}
+
+
+def _pair_cosines(
+    model: str, pairs: PairData, encoder_config: Any, progress: Progress | None
+) -> tuple[np.ndarray, str, float]:
+    """Cosine per pair through the product's Encoder, its resolved backend and the seconds taken."""
     from pipeline.encode import Encoder, EncoderConfig
     from pipeline.model import resolve_model
 
     progress = progress or NoProgress()
-    pairs = load_sts_pairs(data, split, format, columns)
     started = time.monotonic()
     encoder = Encoder(resolve_model(model), encoder_config or EncoderConfig())
     n_texts = len(set(pairs.sentence1) | set(pairs.sentence2))
@@ -106,16 +209,6 @@ def evaluate_sts(
     try:
         sims = score_pairs(pairs, encode)
     finally:
+        encoder.close()
         progress.close()
-    gold = np.asarray(pairs.scores, dtype=np.float64)
-    return StsResult(
-        model=model,
-        data=pairs.source,
-        format=pairs.format,
-        split=pairs.split or split,
-        pairs=len(pairs),
-        spearman=100 * spearman(sims, gold),
-        pearson=100 * pearson(sims, gold),
-        seconds=round(time.monotonic() - started, 2),
-        backend=str(getattr(encoder, "backend", "torch")),
-    )
+    return sims, str(getattr(encoder, "backend", "torch")), round(time.monotonic() - started, 2)

@@ -1,4 +1,4 @@
-"""Ranking and correlation metrics: nDCG@k, recall@k, MRR@k, Spearman, Pearson (numpy/scipy only)."""
+"""Ranking, correlation and pair-classification metrics: nDCG@k, recall@k, MRR@k, Spearman, Pearson, AP (numpy/scipy)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,56 @@ def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
 
     a, b = _pair(x, y)
     return float(pearsonr(a, b).statistic)
+
+
+def average_precision(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray) -> float:
+    """Area under the precision-recall curve of ranking positives first by score, one step per distinct
+    score (tied pairs share a threshold), as scikit-learn's average_precision_score computes it."""
+    s, pos, order = _binary(scores, positive)
+    tp = np.cumsum(pos[order])
+    last = _threshold_ends(s[order])
+    tp, seen = tp[last], last + 1
+    recall_step = np.diff(np.concatenate([[0], tp])) / tp[-1]
+    return float(np.sum(recall_step * tp / seen))
+
+
+def best_accuracy(scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray) -> tuple[float, float]:
+    """The highest accuracy of "positive when score >= t" over all thresholds t, and the t (midway between
+    neighbouring scores) that gives it."""
+    s, pos, order = _binary(scores, positive)
+    ranked = s[order]
+    last = _threshold_ends(ranked)
+    tp = np.cumsum(pos[order])[last]
+    fp = (last + 1) - tp
+    negatives = len(s) - int(pos.sum())
+    correct = np.concatenate([[negatives], tp + (negatives - fp)])  # none positive, then each cut
+    best = int(np.argmax(correct))
+    if best == 0:
+        threshold = float(ranked[0]) + 1.0
+    elif best == len(last):
+        threshold = float(ranked[-1])
+    else:
+        threshold = float((ranked[last[best - 1]] + ranked[last[best - 1] + 1]) / 2)
+    return float(correct[best] / len(s)), threshold
+
+
+def _binary(
+    scores: Sequence[float] | np.ndarray, positive: Sequence[bool] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    if s.shape != pos.shape or s.ndim != 1:
+        raise DataError(f"scores and labels must be equal-length 1-d sequences, got {s.shape} and {pos.shape}")
+    if not pos.any() or pos.all():
+        raise DataError("pair classification needs both positive and negative pairs")
+    if not np.isfinite(s).all():
+        raise DataError("a pair score is not a finite number")
+    return s, pos, np.argsort(-s, kind="stable")
+
+
+def _threshold_ends(ranked: np.ndarray) -> np.ndarray:
+    """Positions (in descending score order) where a run of equal scores ends."""
+    return np.flatnonzero(np.append(np.diff(ranked) != 0, True))
 
 
 def _pair(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

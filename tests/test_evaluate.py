@@ -1,4 +1,4 @@
-"""STS evaluation and the pair-data readers: layouts, splits, correlations against an independent path."""
+"""STS and NLI evaluation and the pair-data readers: layouts, splits, metrics against an independent path."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.encode import EncoderConfig
 from pipeline.errors import DataError
-from pipeline.evaluate import cosine_scores, evaluate_sts, load_sts_pairs, score_pairs
+from pipeline.evaluate import cosine_scores, evaluate_nli, evaluate_sts, load_nli_pairs, load_sts_pairs, score_pairs
 from pipeline.training_data import Columns, detect_format, load_pairs
 from tests.conftest import sample_texts
 
@@ -201,6 +201,87 @@ def test_table_reader_csv_and_label_forms(tmp_path: Path) -> None:
     tsv.write_text("sentence1\tsentence2\tscore\nx\ty\t0.5\nu\tv\t1\n")
     scored = load_pairs(tsv)
     assert scored.scores == [0.5, 1.0] and scored.labels is None
+
+
+def snli_folder(folder: Path, split: str, s1: list[str], s2: list[str], labels: list[str]) -> Path:
+    folder.mkdir(exist_ok=True)
+    for name, lines in (("s1", s1), ("s2", s2), ("labels", labels)):
+        (folder / f"{name}.{split}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def labels_by_cosine(cosines: np.ndarray) -> list[str]:
+    """Gold labels that follow the cosine exactly: top third entailment, bottom third contradiction."""
+    low, high = np.quantile(cosines, [1 / 3, 2 / 3])
+    return ["entailment" if c > high else "contradiction" if c < low else "neutral" for c in cosines]
+
+
+def test_nli_eval_against_an_independent_cosine_path(
+    tiny_model: Path, pairs: tuple[list[str], list[str]], tmp_path: Path
+) -> None:
+    from sklearn.metrics import average_precision_score
+
+    s1, s2 = pairs
+    cosines = own_cosines(tiny_model, s1, s2)
+    labels = labels_by_cosine(cosines)
+    folder = snli_folder(tmp_path / "snli", "test", s1, s2, labels)
+    result = evaluate_nli(str(tiny_model), folder, encoder_config=EncoderConfig(backend="torch"))
+    assert result.split == "test" and result.format == "snli" and result.pairs == 30 and result.backend == "torch"
+    assert result.label_counts == {name: labels.count(name) for name in ("entailment", "neutral", "contradiction")}
+    assert result.ap == pytest.approx(100) and result.accuracy == pytest.approx(100)
+    assert result.spearman > 85  # ties inside each label keep it below 100
+    means = result.mean_cosine
+    assert means["entailment"] > means["neutral"] > means["contradiction"]
+    assert means["entailment"] == pytest.approx(float(np.mean(cosines[np.array(labels) == "entailment"])), abs=1e-3)
+
+    shuffled = list(np.random.default_rng(3).permutation(labels))
+    snli_folder(tmp_path / "snli", "dev", s1, s2, shuffled)
+    noisy = evaluate_nli(str(tiny_model), folder, split="dev", encoder_config=EncoderConfig(backend="torch"))
+    binary = [i for i, label in enumerate(shuffled) if label != "neutral"]
+    expected = average_precision_score([shuffled[i] == "entailment" for i in binary], cosines[binary])
+    assert noisy.split == "dev" and noisy.ap == pytest.approx(100 * expected, abs=1.0)
+    assert noisy.ap < result.ap and noisy.accuracy < result.accuracy
+
+
+def test_nli_eval_bad_data(tiny_model: Path, tmp_path: Path) -> None:
+    only_entailed = snli_folder(tmp_path / "one", "test", ["a", "b"], ["c", "d"], ["entailment", "neutral"])
+    with pytest.raises(DataError, match="both entailment and contradiction"):
+        load_nli_pairs(only_entailed)
+    scored = sts_file(tmp_path / "sts-test.csv", ["a", "b", "c"], ["d", "e", "f"], [1.0, 2.0, 3.0])
+    runner = CliRunner()
+    result = runner.invoke(cli, ["eval", "nli", "-m", str(tiny_model), "--data", str(scored), "--format", "sts"])
+    assert result.exit_code == 2  # sts is not a layout with labels: click refuses the choice
+    unlabelled = runner.invoke(cli, ["eval", "nli", "-m", str(tiny_model), "--data", str(scored)])
+    assert unlabelled.exit_code == DataError.exit_code and "no entailment labels" in unlabelled.stderr
+
+
+def test_cli_eval_nli_table_json_and_sick_default_split(tiny_model: Path, tmp_path: Path) -> None:
+    header = "pair_ID\tsentence_A\tsentence_B\tentailment_label\trelatedness_score\tSemEval_set"
+    texts = sample_texts(12, seed=5)
+    rows = [
+        f"{i}\t{texts[i]}\t{texts[i] if i % 3 == 0 else texts[i + 6]}\t{label}\t3\t{split}"
+        for i, (label, split) in enumerate(
+            [
+                ("ENTAILMENT", "TEST"),
+                ("CONTRADICTION", "TEST"),
+                ("NEUTRAL", "TEST"),
+                ("ENTAILMENT", "TEST"),
+                ("CONTRADICTION", "TEST"),
+                ("NEUTRAL", "TRAIN"),
+            ]
+        )
+    ]
+    sick = tmp_path / "SICK.txt"
+    sick.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    runner = CliRunner()
+    as_json = runner.invoke(cli, ["eval", "nli", "-m", str(tiny_model), "--data", str(sick), "--json", "-q"])
+    assert as_json.exit_code == 0, as_json.output
+    out = json.loads(as_json.stdout)
+    assert out["split"] == "test" and out["pairs"] == 5 and out["format"] == "sick"
+    assert out["label_counts"] == {"entailment": 2, "neutral": 1, "contradiction": 2}
+    assert 0 <= out["ap"] <= 100 and 0 <= out["accuracy"] <= 100
+    table = runner.invoke(cli, ["eval", "nli", "-m", str(tiny_model), "--data", str(sick), "-q"])
+    assert table.exit_code == 0 and "accuracy" in table.stdout and "entailment 2 (mean cosine" in table.stdout
 
 
 @pytest.mark.slow

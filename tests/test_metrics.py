@@ -1,13 +1,24 @@
-"""Ranking and correlation metrics on hand-computed cases."""
+"""Ranking, correlation and pair-classification metrics on hand-computed cases."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.metrics import dcg, mean_metric, mrr_at_k, ndcg_at_k, pearson, recall_at_k, spearman
+from pipeline.metrics import (
+    average_precision,
+    best_accuracy,
+    dcg,
+    mean_metric,
+    mrr_at_k,
+    ndcg_at_k,
+    pearson,
+    recall_at_k,
+    spearman,
+)
 
 LOG2_3 = math.log2(3)
 LOG2_4 = 2.0
@@ -100,3 +111,46 @@ def test_correlations_reject_bad_input() -> None:
         pearson([1], [1])
     with pytest.raises(DataError):
         spearman([1, 1, 1], [1, 2, 3])
+
+
+def test_average_precision_hand_computed() -> None:
+    # ranked: + - + -: precision 1 at the first positive, 2/3 at the second
+    assert average_precision([0.9, 0.8, 0.7, 0.1], [True, False, True, False]) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision([0.1, 0.2], [True, False]) == pytest.approx(0.5)
+    # a tie of a positive and a negative is one threshold: precision 1/2 there, not 1 by input order
+    assert average_precision([0.5, 0.5, 0.1], [True, False, True]) == pytest.approx((0.5 * 0.5) + (0.5 * 2 / 3))
+
+
+def test_best_accuracy_hand_computed() -> None:
+    accuracy, threshold = best_accuracy([0.9, 0.8, 0.4, 0.3, 0.6], [True, True, False, False, False])
+    assert accuracy == 1.0 and threshold == pytest.approx(0.7)  # midway between 0.8 and 0.6
+    accuracy, threshold = best_accuracy([0.2, 0.9], [True, False])  # best to call nothing positive
+    assert accuracy == 0.5
+    assert np.mean((np.array([0.2, 0.9]) >= threshold) == [True, False]) == accuracy
+
+
+def test_pair_metrics_match_scikit_learn() -> None:
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(2, 50))
+        scores = np.round(rng.normal(size=n), int(rng.integers(0, 3)))  # rounding makes ties
+        positive = rng.random(n) < rng.uniform(0.1, 0.9)
+        if positive.all() or not positive.any():
+            continue
+        assert average_precision(scores, positive) == pytest.approx(
+            sklearn_metrics.average_precision_score(positive, scores)
+        )
+        accuracy, threshold = best_accuracy(scores, positive)
+        cuts = np.append(np.unique(scores), np.inf)
+        assert accuracy == pytest.approx(max(sklearn_metrics.accuracy_score(positive, scores >= t) for t in cuts))
+        assert sklearn_metrics.accuracy_score(positive, scores >= threshold) == pytest.approx(accuracy)
+
+
+def test_pair_metrics_reject_bad_input() -> None:
+    with pytest.raises(DataError, match="both positive and negative"):
+        average_precision([0.1, 0.2], [True, True])
+    with pytest.raises(DataError, match="equal-length"):
+        best_accuracy([0.1, 0.2], [True])
+    with pytest.raises(DataError, match="finite"):
+        average_precision([float("nan"), 0.2], [True, False])
