@@ -292,3 +292,14 @@ def test_packaged_minilm_reproduces_published_sts_test(minilm_path: Path, shared
     assert exact.spearman == pytest.approx(82.03, abs=0.5)  # measured 82.03
     default = evaluate_sts(str(minilm_path), data, split="test")  # the CPU default backend (int8 on CPU)
     assert default.spearman == pytest.approx(82.03, abs=0.5)  # measured 81.98 with onnx-int8
+
+
+@pytest.mark.slow
+def test_packaged_minilm_on_snli_test(minilm_path: Path, shared_data: Path) -> None:
+    result = evaluate_nli(str(minilm_path), shared_data / "nli" / "snli_devtest")  # test split by default
+    assert result.split == "test" and result.pairs == 9824
+    assert result.label_counts == {"entailment": 3368, "neutral": 3219, "contradiction": 3237}
+    assert result.ap == pytest.approx(87.55, abs=0.5)  # measured 87.55 (onnx-int8), 87.64 (torch fp32)
+    assert result.accuracy == pytest.approx(81.48, abs=0.5)
+    means = result.mean_cosine
+    assert means["entailment"] > means["neutral"] > means["contradiction"]
