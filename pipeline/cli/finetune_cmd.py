@@ -23,7 +23,8 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
     type=click.Choice(["mnrl", "softmax", "cosine"]),
     default="mnrl",
     show_default=True,
-    help="mnrl: triplets from NLI; softmax: SBERT's 3-way classifier; cosine: scored pairs.",
+    help="mnrl: triplets from NLI; softmax: SBERT's 3-way classifier (for a plain BERT base and a large NLI set; "
+    "it degrades an already trained sentence model); cosine: scored pairs.",
 )
 @click.option(
     "--format",
