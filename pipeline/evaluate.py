@@ -79,7 +79,8 @@ def load_sts_pairs(
     if pairs.split is None and pairs.format == "sts":
         pairs.split = next((s for s in STS_SPLITS if path.name == f"sts-{s}.csv"), split)
     if pairs.scores is None:
-        raise DataError(f"{path} has no similarity scores to evaluate against ({pairs.format} layout)")
+        hint = "; it has entailment labels: evaluate it with eval nli" if pairs.labels is not None else ""
+        raise DataError(f"{path} has no similarity scores to evaluate against ({pairs.format} layout){hint}")
     if len(pairs) < 3:
         raise DataError(f"{path} has {len(pairs)} scored pairs; a correlation needs at least 3")
     return pairs
@@ -112,7 +113,8 @@ def load_nli_pairs(
         split = "test"
     pairs = load_pairs(path, format, split, columns)
     if pairs.labels is None:
-        raise DataError(f"{path} has no entailment labels to evaluate against ({pairs.format} layout)")
+        hint = "; it has similarity scores: evaluate it with eval sts" if pairs.scores is not None else ""
+        raise DataError(f"{path} has no entailment labels to evaluate against ({pairs.format} layout){hint}")
     found = set(pairs.labels)
     if ENTAILMENT not in found or CONTRADICTION not in found:
         raise DataError(f"{path} needs both entailment and contradiction pairs; it has {_label_counts(pairs.labels)}")

@@ -128,6 +128,7 @@ def test_cli_eval_sts_bad_data(tiny_model: Path, tmp_path: Path) -> None:
     pq.write_table(pa.table({"premise": ["a", "b", "c"], "hypothesis": ["d", "e", "f"], "label": [0, 1, 2]}), unscored)
     result = runner.invoke(cli, ["eval", "sts", "-m", str(tiny_model), "--data", str(unscored)])
     assert result.exit_code == DataError.exit_code and "no similarity scores" in result.stderr
+    assert "evaluate it with eval nli" in result.stderr
 
 
 def test_eval_table_with_named_columns(tiny_model: Path, pairs: tuple[list[str], list[str]], tmp_path: Path) -> None:
@@ -253,6 +254,7 @@ def test_nli_eval_bad_data(tiny_model: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2  # sts is not a layout with labels: click refuses the choice
     unlabelled = runner.invoke(cli, ["eval", "nli", "-m", str(tiny_model), "--data", str(scored)])
     assert unlabelled.exit_code == DataError.exit_code and "no entailment labels" in unlabelled.stderr
+    assert "evaluate it with eval sts" in unlabelled.stderr
 
 
 def test_cli_eval_nli_table_json_and_sick_default_split(tiny_model: Path, tmp_path: Path) -> None:
