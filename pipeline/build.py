@@ -173,8 +173,10 @@ def _up_to_date(
     manifest: dict[str, Any], sources: list[SourceFile], settings: dict[str, Any], opts: BuildOptions
 ) -> bool:
     same_sources = manifest["sources"] == [s.to_dict() for s in sources]
-    same_options = manifest["build"].get("on_empty") == opts.on_empty and not opts.sync
-    return same_sources and same_options
+    # --sync has nothing to drop when the last run synced the same sources
+    synced = not opts.sync or bool(manifest["build"].get("sync"))
+    same_index = opts.index_type is None or opts.index_type == manifest["index"].get("factory")
+    return same_sources and synced and same_index and manifest["build"].get("on_empty") == opts.on_empty
 
 
 def _fingerprint(
@@ -308,7 +310,7 @@ class _Run:
             what = f"column {self.opts.id_column!r}" if self.opts.id_column else "derived row ids"
             raise CorpusError(f"duplicate ids in {what}: {', '.join(map(str, duplicates))}")
         if self.prev is not None and not self.opts.sync:
-            self._carry_over(store)
+            self._carry_over(store, stats.skipped_keys)
         store.index_keys()
         store.checkpoint()
         event = {
@@ -321,15 +323,17 @@ class _Run:
         self.timings["ingest_s"] = time.monotonic() - t0
         return event
 
-    def _carry_over(self, store: Store) -> None:
-        """Without --sync, rows of the previous generation whose ids are absent now are kept."""
+    def _carry_over(self, store: Store, emptied: list[np.ndarray]) -> None:
+        """Without --sync, rows of the previous generation whose ids are absent now are kept; an id still in
+        the sources whose text is now null or blank is not absent: its old text must not stay searchable."""
         new_types = _column_types(store, "docs")
         old_types = _column_types(store, "prev.docs")
         shared = ", ".join(quote(c) for c in old_types if c in new_types)
+        store.con.register("emptied", pa.table({KEY: np.concatenate([np.empty(0, np.int64), *emptied])}))
         try:
             store.rows(
                 f"INSERT INTO docs BY NAME SELECT {shared} FROM prev.docs p "
-                f"WHERE p.{KEY} NOT IN (SELECT {KEY} FROM docs)"
+                f"WHERE p.{KEY} NOT IN (SELECT {KEY} FROM docs) AND p.{KEY} NOT IN (SELECT {KEY} FROM emptied)"
             )
         except duckdb.Error as exc:
             changed = [f"{c} ({t} -> {new_types[c]})" for c, t in old_types.items() if new_types.get(c, t) != t]
@@ -339,6 +343,8 @@ class _Run:
                 f"rows kept from the previous generation do not fit the new column types: {', '.join(changed)}; "
                 "pass --sync to drop the ids no longer in the sources, or --overwrite to start afresh"
             ) from exc
+        finally:
+            store.con.unregister("emptied")
 
     def _counts(self, store: Store) -> dict[str, int]:
         rows = store.count()

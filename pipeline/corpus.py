@@ -42,6 +42,7 @@ class CorpusStats:
     rows_kept: int = 0
     skipped_empty: int = 0
     per_file: dict[str, int] = field(default_factory=dict)
+    skipped_keys: list[np.ndarray] = field(default_factory=list)  # rows present in the sources with no text
 
 
 def expand_paths(paths: Sequence[str]) -> list[SourceFile]:
@@ -70,8 +71,8 @@ def _source(path: Path, rel: str) -> SourceFile:
 
 
 def _expand_arg(arg: str) -> list[tuple[Path, str]]:
-    """(file, rel) pairs of one argument."""
-    if not glob.has_magic(arg):
+    """(file, rel) pairs of one argument; one that names an existing path ('run [1]') is that path, not a glob."""
+    if not glob.has_magic(arg) or Path(arg).exists():
         path = Path(arg)
         if path.is_dir():
             return _dir_files(path, path)
@@ -93,9 +94,15 @@ def _expand_arg(arg: str) -> list[tuple[Path, str]]:
 
 
 def _dir_files(folder: Path, base: Path) -> list[tuple[Path, str]]:
-    files = sorted(p for p in folder.rglob("*.parquet") if p.is_file())
+    """The .parquet files below a folder, leaving out those below a name starting with "_" or "." (Spark's
+    _temporary attempts, Delta's _delta_log, hidden files), as pyarrow's dataset discovery does."""
+    files = sorted(
+        p
+        for p in folder.rglob("*.parquet")
+        if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(folder).parts)
+    )
     if not files:
-        raise CorpusError(f"directory {folder} holds no .parquet files")
+        raise CorpusError(f"directory {folder} holds no .parquet files (names starting with _ or . are skipped)")
     return [(f, _relative(f, base)) for f in files]
 
 
@@ -142,27 +149,48 @@ def corpus_schema(sources: Sequence[SourceFile], text_column: str, id_column: st
         for col in (text_column, id_column):
             if col and col not in names:
                 raise CorpusError(f"{source.path} has no column {col!r}; its columns are: {', '.join(names)}")
-        if not (
-            pa.types.is_string(schema.field(text_column).type)
-            or pa.types.is_large_string(schema.field(text_column).type)
-        ):
+        text_type = _as_string(schema.field(text_column).type)
+        if text_type is None:
             raise CorpusError(
                 f"text column {text_column!r} in {source.path} is {schema.field(text_column).type}, not a string"
             )
+        schema = schema.set(schema.get_field_index(text_column), pa.field(text_column, text_type))
         if id_column:
             id_type = schema.field(id_column).type
-            if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
-                raise CorpusError(
-                    f"id column {id_column!r} in {source.path} is {id_type}; ids must be integers or strings"
-                )
+            if not pa.types.is_integer(id_type):
+                id_type = _as_string(id_type)
+                if id_type is None:
+                    raise CorpusError(
+                        f"id column {id_column!r} in {source.path} is {schema.field(id_column).type}; "
+                        "ids must be integers or strings"
+                    )
+                schema = schema.set(schema.get_field_index(id_column), pa.field(id_column, id_type))
         clash = [n for n in names if n in RESERVED]
         if clash:
             raise CorpusError(f"{source.path} has columns reserved by bmsearch: {', '.join(clash)}")
         schemas.append(schema)
     try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise CorpusError(f"the input files' schemas conflict: {str(exc).splitlines()[0]}") from None
+    if pa.types.is_null(unified.field(text_column).type):  # every file's texts are null: no row is kept
+        unified = unified.set(unified.get_field_index(text_column), pa.field(text_column, pa.string()))
+    return unified
+
+
+def _as_string(type_: pa.DataType) -> pa.DataType | None:
+    """The plain string type a text or id column is read as, or None when it holds no strings.
+
+    pandas writes a categorical column as a dictionary, and an object column with no value (an empty or
+    all-null partition) as the null type; neither would unify with the string columns of other files.
+    """
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_null(type_):
+        return type_
+    if str(type_) == "string_view":  # pa.types.is_string_view is missing from older pyarrow
+        return pa.string()
+    return None
 
 
 def hash64(values: Sequence[str]) -> np.ndarray:
@@ -215,7 +243,8 @@ def read_batches(
         row = 0
         try:
             batches = _open(source).iter_batches(batch_size=batch_rows)
-            for batch in batches:
+            for raw in batches:
+                batch = pa.RecordBatch.from_arrays([_conform(raw, f) for f in schema], schema=schema)
                 texts = batch.column(text_column)
                 keys = _keys(batch, source, row, id_column)
                 blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(texts), ""), True)
@@ -231,11 +260,13 @@ def read_batches(
                 if n_blank:
                     keep = pc.invert(blank)
                     batch = batch.filter(keep)
-                    keys = keys[keep.to_numpy(zero_copy_only=False)]
+                    kept = keep.to_numpy(zero_copy_only=False)
+                    stats.skipped_keys.append(keys[~kept])
+                    keys = keys[kept]
                 if batch.num_rows == 0:
                     continue
                 hashes = hash64(batch.column(text_column).to_pylist())
-                columns = [_conform(batch, f) for f in schema] + [pa.array(keys), pa.array(hashes)]
+                columns = [*batch.columns, pa.array(keys), pa.array(hashes)]
                 stats.rows_kept += batch.num_rows
                 stats.per_file[source.rel] = stats.per_file.get(source.rel, 0) + batch.num_rows
                 yield pa.RecordBatch.from_arrays(columns, schema=out_schema)
