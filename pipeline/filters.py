@@ -148,6 +148,12 @@ def _coerce(cond: Condition, ctype: str, value: Any) -> Any:
     if kind == "float":
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise _bad(cond, f"{cond.field} is {ctype}; the value must be a number")
+        if isinstance(value, int) and not -(1 << 63) <= value < (1 << 63):
+            # DuckDB binds a Python int as an integer of at most 128 bits; as a double it compares the same
+            try:
+                value = float(value)
+            except OverflowError:
+                raise _bad(cond, "the value is beyond the range of a number") from None
         if not math.isfinite(value):
             raise _bad(cond, "the value must be a finite number")
         return value
@@ -166,9 +172,14 @@ def _coerce(cond: Condition, ctype: str, value: Any) -> Any:
             if kind == "date":
                 return dt.date.fromisoformat(value)
             parsed = dt.datetime.fromisoformat(re.sub(r"Z$", "+00:00", value))
-            return parsed if "TIME ZONE" in ctype else parsed.replace(tzinfo=None)
+            if "TIME ZONE" in ctype or parsed.tzinfo is None:
+                return parsed
+            # a TIMESTAMP column holds UTC wall-clock times (as "Z" is read): move the offset in, then drop it
+            return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
         except ValueError:
             raise _bad(cond, f"{value!r} is not an ISO 8601 {kind}") from None
+        except OverflowError:
+            raise _bad(cond, f"{value!r} is out of range in UTC") from None
     raise _bad(cond, f"{cond.field} has type {ctype}, which structured filters do not support")
 
 

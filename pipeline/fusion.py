@@ -47,6 +47,10 @@ class FusionConfig:
             raise UsageError("the RRF constant must be >= 0")
         if not all(math.isfinite(w) and w >= 0 for w in self.weights.values()):
             raise UsageError("fusion weights must be finite numbers >= 0")
+        if all(float(self.weights.get(mode, 1.0)) == 0 for mode in ("dense", "lexical")):
+            raise UsageError(
+                "the dense and lexical fusion weights are both 0, which leaves no results; give one a weight"
+            )
         if self.lead_margin is not None and not 0 <= self.lead_margin <= 1:
             raise UsageError("the lead margin must be between 0 and 1")
 

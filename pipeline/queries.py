@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,21 @@ def read_queries(path: Path, text_column: str = "text", id_column: str | None = 
             id_column = "id"
         ids = table.column(id_column).to_pylist() if id_column else list(range(len(texts)))
     else:
-        texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        try:
+            texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as exc:
+            raise CorpusError(
+                f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); give one query per line, "
+                "or a .parquet file"
+            ) from None
         ids = list(range(len(texts)))
     pairs = [(qid, text) for qid, text in zip(ids, texts, strict=True) if text and text.strip()]
     if not pairs:
         raise CorpusError(f"{path} holds no non-empty queries")
     return pairs
+
+
+EMPTY_HITS = pa.schema([("query_id", pa.null()), ("rank", pa.int64()), ("score", pa.float64()), ("id", pa.null())])
 
 
 def run_queries(
@@ -66,7 +77,9 @@ def write_hits(rows: Iterator[dict[str, Any]], output: Path | None, fmt: str) ->
     if fmt == "parquet":
         if output is None:
             raise UsageError("--format parquet needs --output FILE")
-        table = pa.Table.from_pylist(list(rows))
+        found = list(rows)
+        # no hit at all still gives the columns a script reads; the id types are unknown then (null)
+        table = pa.Table.from_pylist(found) if found else EMPTY_HITS.empty_table()
         with atomic_open(output) as fh:
             pq.write_table(table, fh)
         return table.num_rows
@@ -75,11 +88,29 @@ def write_hits(rows: Iterator[dict[str, Any]], output: Path | None, fmt: str) ->
         import click
 
         for row in rows:
-            click.echo(json.dumps(row, default=str, ensure_ascii=False))
+            click.echo(json_text(row))
             count += 1
         return count
     with atomic_open(output) as fh:
         for row in rows:
-            fh.write((json.dumps(row, default=str, ensure_ascii=False) + "\n").encode())
+            fh.write((json_text(row) + "\n").encode())
             count += 1
     return count
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """Hits as strict JSON, as the server sends them: BLOB values as base64 text and NaN or infinite floats
+    as null (JSON has neither; Python's `NaN` token breaks other parsers); dates and decimals as text."""
+    return json.dumps(_jsonable(value), default=str, ensure_ascii=False, indent=indent, allow_nan=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value

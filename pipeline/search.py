@@ -100,16 +100,17 @@ class Searcher:
 
     def __init__(
         self,
-        paths: IndexPaths,
+        paths: IndexPaths | str | Path,
         model: str | None = None,
         encoder: EncoderConfig | None = None,
         preload_lexical: bool = False,
     ) -> None:
-        self.paths = paths
+        """`paths`: the index, as IndexPaths (`layout.resolve_name`) or the path of its folder."""
+        self.paths = paths if isinstance(paths, IndexPaths) else IndexPaths(Path(paths))
         self.model_arg = model
         self.encoder_config = encoder or EncoderConfig()
         self.preload_lexical = preload_lexical
-        self._live = Live(Generation.open(paths, lexical=preload_lexical))
+        self._live = Live(Generation.open(self.paths, lexical=preload_lexical))
         self._lock = threading.Lock()
 
     @property
@@ -184,12 +185,13 @@ class Searcher:
         mode: str = "dense",
         fusion: FusionConfig | None = None,
     ) -> list[list[dict[str, Any]]]:
-        """Hits for each query, best first: rank, score, id and the chosen metadata columns.
+        """Hits for each query, best first: rank, score, id and the chosen metadata columns (None: all).
 
         `where` is an SQL condition on metadata columns, evaluated in DuckDB before the search in every
         mode; `params` binds its `?` placeholders. `mode` is dense, lexical (BM25) or hybrid (fusion).
         """
         _check_mode(mode)
+        _check_request(queries, k)
         live = self.snapshot(need_encoder=mode != "lexical")
         vectors = live.encoder.encode(list(queries)) if mode != "lexical" else None
         return self.search_encoded(queries, vectors, k, where, columns, params, mode, fusion, live.generation)
@@ -209,6 +211,7 @@ class Searcher:
         """As `search`, with the query vectors already encoded (None for lexical mode, which needs only text);
         `generation` is the one the vectors were encoded for (default: the live one)."""
         _check_mode(mode)
+        _check_request(queries, k)
         if mode != "dense" and queries is None:
             raise UsageError(f"{mode} search needs the query texts")
         if mode != "lexical" and vectors is None:
@@ -281,7 +284,7 @@ class Searcher:
 
     def _shown_columns(self, gen: Generation, columns: Sequence[str] | None) -> list[str]:
         available = [c for c in gen.store.columns() if c not in HIDDEN_COLUMNS]
-        if not columns:
+        if columns is None:
             return available
         unknown = [c for c in columns if c not in available]
         if unknown:
@@ -310,6 +313,14 @@ def hit_names(columns: Sequence[str]) -> dict[str, str]:
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise UsageError(f"unknown search mode {mode!r}: use {', '.join(MODES)}")
+
+
+def _check_request(queries: Sequence[str] | None, k: int) -> None:
+    # a str is a Sequence[str] too: searched as it is, each character would be a query of its own
+    if isinstance(queries, str):
+        raise UsageError("queries is a list of texts; pass [text] for one query")
+    if k < 1:
+        raise UsageError(f"k must be at least 1, not {k}")
 
 
 def _recorded_ref(recorded: dict[str, Any]) -> ModelRef:

@@ -116,7 +116,9 @@ class SearchRequest(BaseModel):
         default="dense", description="dense (embeddings); lexical (BM25) and hybrid need a lexical side."
     )
     filter: list[FilterCondition] | None = Field(default=None, max_length=64, description="AND-ed conditions.")
-    columns: list[StrictStr] | None = Field(default=None, max_length=256, description="Metadata columns to return.")
+    columns: list[StrictStr] | None = Field(
+        default=None, max_length=256, description="Metadata columns to return (default: all; [] for none)."
+    )
 
     @field_validator("query")
     @classmethod
@@ -261,6 +263,9 @@ def _validation_error(errors: list[Any]) -> ApiError:
             return ApiError(400, "malformed_json", f"the request body is not valid JSON: {detail}")
         if loc == ("body",) and err.get("type") == "missing":
             return ApiError(400, "missing_body", "a JSON body is required (Content-Type: application/json)")
+        if loc == ("body",) and isinstance(err.get("input"), bytes):
+            # FastAPI parses a body as JSON only when its Content-Type says so; other bodies arrive as raw bytes
+            return ApiError(415, "unsupported_media_type", "send the JSON body with Content-Type: application/json")
     parts = []
     for err in errors[:5]:
         where = [str(p) for p in err.get("loc", ()) if p != "body"]
@@ -803,7 +808,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @app.post(
         "/search",
         response_model=SearchResponse,
-        responses=_error_responses(400, 401, 404, 413, 422, 500, 503),
+        responses=_error_responses(400, 401, 404, 413, 415, 422, 500, 503),
         summary="Nearest neighbours of one query or a list of queries",
     )
     async def search(body: SearchRequest) -> Any:
@@ -888,7 +893,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         response_model=None,
         responses={
             200: {"content": {CONTENT_TYPE.split(";")[0]: {}}},
-            401: {"model": ErrorResponse, "content": {"application/json": {}}},
+            # not "model": this route's media type is text/plain, and FastAPI would file the model under it
+            401: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}},
         },
     )
     async def metrics() -> PlainTextResponse:

@@ -50,12 +50,20 @@ class Store:
                 # its columns never change: read here, the schema is safe to share between threads
                 self._schema = self._read_schema()
         except duckdb.Error as exc:
-            raise IndexCorruptError(
-                f"metadata database {self.path} is unreadable ({str(exc).splitlines()[0]})"
-            ) from None
+            raise self._unreadable(exc) from None
 
     def close(self) -> None:
         self.con.close()
+
+    def _unreadable(self, exc: Exception) -> IndexCorruptError:
+        return IndexCorruptError(
+            f"metadata database {self.path} is unreadable ({str(exc).splitlines()[0]}); "
+            "rebuild the index with --overwrite"
+        )
+
+    def _names_database(self, exc: Exception) -> bool:
+        text = str(exc)
+        return str(self.path) in text or str(self.path.resolve()) in text
 
     def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """All result rows; DuckDB wants every result fully fetched before the next statement."""
@@ -115,6 +123,8 @@ class Store:
                 raise FilterError("a filter is a single SQL condition")
             table = arrow_table(cursor.sql(sql, params=list(params) if params else None))
         except duckdb.Error as exc:
+            if self._names_database(exc):  # the file is damaged: not the user's condition
+                raise self._unreadable(exc) from None
             raise FilterError(f"invalid filter: {str(exc).splitlines()[0]}") from None
         return np.asarray(table.column(0).to_numpy(), dtype=np.int64)
 
@@ -125,13 +135,19 @@ class Store:
         wanted = list(columns) if columns else self.columns()
         selected = ", ".join(quote(c) for c in dict.fromkeys([KEY, *wanted]))
         key_list = [int(k) for k in keys]
-        # list_contains on the ART-indexed key runs as point lookups, not as a join over the whole table
-        cursor = self.con.cursor().execute(
-            f"SELECT {selected} FROM docs WHERE list_contains(?::BIGINT[], {KEY})", [sorted(set(key_list))]
-        )
-        names = [d[0] for d in cursor.description]
+        import duckdb
+
+        try:
+            # list_contains on the ART-indexed key runs as point lookups, not as a join over the whole table
+            cursor = self.con.cursor().execute(
+                f"SELECT {selected} FROM docs WHERE list_contains(?::BIGINT[], {KEY})", [sorted(set(key_list))]
+            )
+            names = [d[0] for d in cursor.description]
+            found = cursor.fetchall()
+        except duckdb.Error as exc:  # our own query on known columns: only a damaged file fails it
+            raise self._unreadable(exc) from None
         by_key: dict[int, dict[str, Any]] = {}
-        for row in cursor.fetchall():
+        for row in found:
             record = dict(zip(names, row, strict=True))
             by_key[record[KEY]] = {c: record[c] for c in wanted}
         return [by_key.get(k, {}) for k in key_list]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -141,11 +140,13 @@ def _batch_format(fmt: str | None, output: Path | None) -> str:
 
 
 def _print_hits(hits: list[dict], fmt: str) -> None:
+    from pipeline.queries import json_text
+
     if fmt == "json":
-        click.echo(json.dumps(hits, default=str, ensure_ascii=False, indent=2))
+        click.echo(json_text(hits, indent=2))
     elif fmt == "jsonl":
         for hit in hits:
-            click.echo(json.dumps(hit, default=str, ensure_ascii=False))
+            click.echo(json_text(hit))
     elif fmt == "csv":
         buffer = io.StringIO()
         if hits:
