@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, UsageError
 from pipeline.metrics import average_precision, best_accuracy, pearson, spearman
 from pipeline.progress import NoProgress, Progress
 from pipeline.training_data import Columns, PairData, detect_format, load_pairs
@@ -60,10 +60,13 @@ class NliResult:
 
 
 def sts_data_path(data: str | Path, split: str | None) -> Path:
-    """A folder of STS files plus a split names sts-SPLIT.csv inside it; anything else is taken as is."""
+    """A folder of STS files plus a split (test by default) names sts-SPLIT.csv inside it; anything else is
+    taken as is."""
     path = Path(data)
-    if path.is_dir() and split and (path / f"sts-{split}.csv").exists():
-        return path / f"sts-{split}.csv"
+    if path.is_dir() and (path / f"sts-{split or 'test'}.csv").exists():
+        return path / f"sts-{split or 'test'}.csv"
+    if path.is_dir() and (found := sorted(p.name for p in path.glob("sts-*.csv"))):
+        raise DataError(f"no sts-{split or 'test'}.csv in {path}; files there: {', '.join(found)}")
     return path
 
 
@@ -77,7 +80,10 @@ def load_sts_pairs(
         split = "test"
     pairs = load_pairs(path, format, split, columns)
     if pairs.split is None and pairs.format == "sts":
-        pairs.split = next((s for s in STS_SPLITS if path.name == f"sts-{s}.csv"), split)
+        named = next((s for s in STS_SPLITS if path.name == f"sts-{s}.csv"), None)
+        if named and split and split != named:
+            raise UsageError(f"{path} is the {named} split, not {split}: give its folder with --split {split}")
+        pairs.split = named or split
     if pairs.scores is None:
         hint = "; it has entailment labels: evaluate it with eval nli" if pairs.labels is not None else ""
         raise DataError(f"{path} has no similarity scores to evaluate against ({pairs.format} layout){hint}")

@@ -17,7 +17,7 @@ from pipeline.errors import DataError, OutputExistsError, UsageError
 from pipeline.fsutil import fsync_dir, fsync_tree
 from pipeline.model import load_sentence_transformer, resolve_model
 from pipeline.progress import NoProgress, Progress
-from pipeline.training_data import NLI_LABELS, Columns, PairData, load_pairs
+from pipeline.training_data import NLI_LABELS, Columns, PairData, detect_format, load_pairs
 
 LOSSES = ("mnrl", "softmax", "cosine")
 LOSS_NAMES = {
@@ -82,6 +82,7 @@ class FinetuneResult:
     dev_after: float | None
     resumed_from: str | None
     log_history: list[dict[str, Any]]
+    train_split: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +103,9 @@ def finetune(
         raise UsageError(f"unknown loss {config.loss!r}: use one of {', '.join(LOSSES)}")
     _check_numbers(config)
     out = Path(config.out)
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"cannot write {out}: {blocker} is a file, not a directory")
     if out.exists() and not config.overwrite:
         raise OutputExistsError(f"output directory {out} exists; pass --overwrite to replace it")
     ckpt_root = checkpoint_dir(out)
@@ -185,6 +189,7 @@ def finetune(
         dev_after=dev_after,
         resumed_from=last.name if last else None,
         log_history=history,
+        train_split=data.split,
     )
     _save_atomically(model, out, config, result, dev)
     if not config.keep_checkpoints:
@@ -249,6 +254,8 @@ def _check_numbers(config: FinetuneConfig) -> None:
         raise UsageError("--lr must be positive")
     if config.save_steps < 1:
         raise UsageError("--save-steps must be at least 1")
+    if config.max_examples is not None and config.max_examples < 1:
+        raise UsageError("--max-examples must be at least 1")
 
 
 def _head(data: PairData, n: int) -> PairData:
@@ -268,9 +275,15 @@ def _dev_pairs(config: FinetuneConfig) -> PairData | None:
     if not config.dev:
         return None
     dev_split = config.dev_split
-    if dev_split is None and Path(config.dev).name.startswith("SICK"):
-        dev_split = "trial"  # never evaluate on SICK's test split by default
-    dev = load_pairs(config.dev, config.dev_format, dev_split)
+    try:
+        fmt = config.dev_format
+        if fmt == "auto" and Path(config.dev).exists():
+            fmt = detect_format(Path(config.dev))
+        if dev_split is None and fmt == "sick":
+            dev_split = "trial"  # neither SICK's train split (load_pairs' default) nor its test split
+        dev = load_pairs(config.dev, config.dev_format, dev_split)
+    except DataError as exc:
+        raise DataError(f"dev set: {exc}") from exc
     if dev.scores is None:
         raise DataError(f"dev set {config.dev} has no similarity scores (use STS or SICK, or a score column)")
     if len(dev) < 3:
@@ -478,7 +491,8 @@ def model_card(config: FinetuneConfig, result: FinetuneResult, dev: PairData | N
     def fmt_loss(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.4f}"
 
-    dev_line = f"{dev.source} ({dev.format}, {len(dev)} pairs)" if dev else "none"
+    dev_split = f", split {dev.split}" if dev and dev.split else ""
+    dev_line = f"{dev.source} ({dev.format}{dev_split}, {len(dev)} pairs)" if dev else "none"
     lines = [
         "---",
         "library_name: sentence-transformers",
@@ -497,7 +511,7 @@ def model_card(config: FinetuneConfig, result: FinetuneResult, dev: PairData | N
         "|---|---|",
         f"| base model | `{config.base}` |",
         f"| training data | `{result.train_source}` ({result.train_format}"
-        + (f", split {config.split}" if config.split else "")
+        + (f", split {result.train_split}" if result.train_split else "")
         + ") |",
         f"| training examples | {result.train_examples} |",
         f"| loss | {LOSS_NAMES[config.loss]} (`--loss {config.loss}`) |",

@@ -77,8 +77,8 @@ class Generation:
 
             if not self.manifest.get("lexical"):
                 raise UsageError(
-                    "this index has no lexical side (it was built without bm25s); install bmsearch[lexical] and "
-                    "run `bmsearch index ... --rebuild`, or use --mode dense"
+                    "this index has no lexical side (built without BM25, or where bm25s was not installed); "
+                    "run `bmsearch index ... --rebuild` with bm25s installed (bmsearch[lexical]), or search dense only"
                 )
             self._lexical = open_lexical(self.path / LEXICAL_DIR)
         return self._lexical

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,7 @@ def read_sts(path: Path) -> PairData:
             fields = line.split("\t")
             if len(fields) < 7:
                 raise DataError(f"{path}:{lineno}: STS rows need 7 tab-separated fields, found {len(fields)}")
-            if not _is_float(fields[4]):
+            if not _is_float(fields[4]) or not math.isfinite(float(fields[4])):
                 raise DataError(f"{path}:{lineno}: score {fields[4]!r} is not a number")
             scores.append(float(fields[4]))
             s1.append(fields[5])
@@ -161,6 +162,7 @@ def read_sick(path: Path, split: str = "train") -> PairData:
         scores = [float(r[idx["relatedness_score"]]) for r in rows]
     except ValueError as exc:
         raise DataError(f"{file} has a relatedness_score that is not a number ({exc})") from None
+    _check_finite(scores, f"{file}: relatedness_score")
     return PairData(
         [r[idx["sentence_A"]] for r in rows],
         [r[idx["sentence_B"]] for r in rows],
@@ -208,6 +210,7 @@ def read_table(path: Path, columns: Columns) -> PairData:
             scores = [float(v) for v in table.column(score_col).to_pylist()]
         except (TypeError, ValueError) as exc:
             raise DataError(f"{path}: column {score_col!r} holds non-numeric scores ({exc})") from exc
+        _check_finite(scores, f"{path}: column {score_col!r}")
     # Scores already on 0-1 are used as they are; any other scale is mapped min-max over the data.
     unit = scores is not None and all(0.0 <= s <= 1.0 for s in scores)
     return PairData(
@@ -248,6 +251,13 @@ def _read_arrow(path: Path) -> Any:
         return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def _check_finite(scores: list[float], where: str) -> None:
+    # NaN would pass every range check and turn a correlation or a training loss into NaN
+    bad = sum(1 for s in scores if not math.isfinite(s))
+    if bad:
+        raise DataError(f"{where} holds {bad} score(s) that are NaN or infinite")
 
 
 def _column(names: list[str], wanted: str | None, defaults: list[str]) -> str | None:
