@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -359,29 +360,50 @@ class Encoder:
     def _onnx_runner(self) -> _OnnxModel:
         from pipeline.onnx_backend import (
             INT8_MIN_MEAN_COSINE,
+            INT8_NAME,
             OnnxRunner,
             cached_int8_check,
             export_fp32,
             int8_agreement,
+            load_cached,
             quantize_int8,
         )
 
+        threads, spin = self.threads, self.config.spin
         fp32_path = export_fp32(self.ref, self.transformer)
+        fp32: OnnxRunner | None = None
+
+        def fp32_runner() -> OnnxRunner:
+            nonlocal fp32
+            if fp32 is None:
+                fp32 = load_cached(
+                    fp32_path, lambda: export_fp32(self.ref, self.transformer, reuse=False), threads, spin
+                )
+            return fp32
+
         if self.backend == "onnx":
-            return _OnnxModel(OnnxRunner(fp32_path, self.threads, self.config.spin))
-        int8 = OnnxRunner(quantize_int8(self.ref, fp32_path), self.threads, self.config.spin)
+            return _OnnxModel(fp32_runner())
+
+        def make_int8(reuse: bool) -> Path:
+            cached = fp32_path.with_name(INT8_NAME)
+            if reuse and cached.exists():
+                return cached
+            # quantise from an export that loads: the cached one may be damaged too
+            return quantize_int8(self.ref, fp32_runner().path, reuse=False)
+
+        int8 = load_cached(make_int8(reuse=True), lambda: make_int8(reuse=False), threads, spin)
 
         def check() -> dict[str, float]:
             from pipeline.onnx_backend import CALIBRATION_TEXTS
 
             feeds = self.tokenize(CALIBRATION_TEXTS).padded(np.arange(len(CALIBRATION_TEXTS)))
-            return int8_agreement(OnnxRunner(fp32_path, self.threads, self.config.spin), int8, feeds)
+            return int8_agreement(fp32_runner(), int8, feeds)
 
         self.int8_check = cached_int8_check(fp32_path, check)
         if self.config.backend == "auto" and self.int8_check["mean_cosine"] < INT8_MIN_MEAN_COSINE:
             # This model quantises badly; the automatic choice must not cost accuracy.
             self.backend = "onnx"
-            return _OnnxModel(OnnxRunner(fp32_path, self.threads, self.config.spin))
+            return _OnnxModel(fp32_runner())
         return _OnnxModel(int8)
 
 

@@ -200,6 +200,14 @@ def load_sentence_transformer(
             model = SentenceTransformer(modules=[transformer, pooling], device=device)
     except Exception as exc:
         raise ModelError(f"cannot load model from {ref.path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    tokenizer = model.tokenizer
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        # transformers builds a tokenizer of special tokens alone when the files are missing: every word
+        # would become [UNK] and every text the same vector
+        raise ModelError(
+            f"model {ref.name} has no tokenizer vocabulary in {ref.path} (tokenizer.json, vocab.txt, ...); "
+            "copy the tokenizer files of the model into that directory"
+        )
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model

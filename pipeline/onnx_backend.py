@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ EXPORT_VERSION = 1
 OPSET = 17
 # A quantised model replaces fp32 by default only if it agrees at least this well (mean cosine).
 INT8_MIN_MEAN_COSINE = 0.99
+FP32_NAME = "model-fp32.onnx"
+INT8_NAME = "model-int8-perchannel.onnx"
 CALIBRATION_TEXTS = (
     "A man is playing a guitar on the street.",
     "The stock market fell sharply after the announcement of new tariffs.",
@@ -54,6 +58,29 @@ def cache_dir(ref: ModelRef) -> Path:
     """The cache directory of one model's weights (keyed by their hash, not their path)."""
     key = ref.fingerprint or hashlib.sha256(ref.path.encode()).hexdigest()
     return cache_root() / f"{key}-v{EXPORT_VERSION}"
+
+
+_private_root: Path | None = None
+
+
+def _private_cache() -> Path:
+    """This process's own cache, for when the shared one cannot be written; removed at exit."""
+    global _private_root
+    if _private_root is None:
+        _private_root = Path(tempfile.mkdtemp(prefix="bmsearch-onnx-"))
+        atexit.register(shutil.rmtree, _private_root, True)
+    return _private_root
+
+
+def _writable(path: Path) -> Path:
+    """path, or its place in this process's private cache when path's folder cannot be written (read-only)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if os.access(path.parent, os.W_OK):
+            return path
+    except OSError:
+        pass
+    return _private_cache() / path.parent.name / path.name
 
 
 @contextmanager
@@ -98,12 +125,15 @@ def _pooled_module(transformer: Any) -> Any:
     return Pooled(transformer).eval()
 
 
-def export_fp32(ref: ModelRef, transformer: Any) -> Path:
-    """The cached fp32 ONNX export of a model (exported now on a cache miss)."""
+def export_fp32(ref: ModelRef, transformer: Any, reuse: bool = True) -> Path:
+    """The cached fp32 ONNX export of a model (exported now on a cache miss, or always without reuse)."""
     import torch
 
-    target = cache_dir(ref) / "model-fp32.onnx"
-    if target.exists():
+    target = cache_dir(ref) / FP32_NAME
+    if reuse and target.exists():
+        return target
+    target = _writable(target)
+    if reuse and target.exists():
         return target
     module = _pooled_module(transformer)
     # Trace with padding present so the exported graph keeps the attention-mask path.
@@ -132,19 +162,26 @@ def export_fp32(ref: ModelRef, transformer: Any) -> Path:
     return target
 
 
-def quantize_int8(ref: ModelRef, fp32_path: Path) -> Path:
-    """The cached dynamic int8 model (per-channel weights) made from an fp32 export."""
+def quantize_int8(ref: ModelRef, fp32_path: Path, reuse: bool = True) -> Path:
+    """The cached dynamic int8 model (per-channel weights) made from an fp32 export (made now without reuse)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    target = fp32_path.with_name("model-int8-perchannel.onnx")
-    if target.exists():
+    target = fp32_path.with_name(INT8_NAME)
+    if reuse and target.exists():
         return target
+    target = _writable(target)
+    if reuse and target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     # quantize_dynamic writes scratch files beside its input: give it a private copy so that two processes
     # quantising the same model at once do not trip over each other's scratch files
     scratch = Path(tempfile.mkdtemp(prefix=".quantize-", dir=target.parent))
     try:
         source = scratch / fp32_path.name
-        os.link(fp32_path, source)
+        try:
+            os.link(fp32_path, source)
+        except OSError:  # another file system (a private cache beside a read-only one)
+            shutil.copyfile(fp32_path, source)
         with _atomic_target(target) as tmp, _quiet_onnxruntime_root_logs():
             quantize_dynamic(str(source), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
     except Exception as exc:
@@ -181,6 +218,27 @@ def _quiet_onnxruntime_root_logs() -> Iterator[None]:
         root.removeFilter(advice)
         if placeholder is not None:
             root.removeHandler(placeholder)
+
+
+def load_cached(path: Path, remake: Callable[[], Path], threads: int | None = None, spin: bool = True) -> OnnxRunner:
+    """A session over a cached model file; one that does not load (truncated, overwritten) is made again.
+
+    Without this a damaged cache entry would fail every later run the same way.
+    """
+    try:
+        return OnnxRunner(path, threads, spin)
+    except UsageError:
+        raise
+    except Exception:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    fresh = remake()
+    try:
+        return OnnxRunner(fresh, threads, spin)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise ModelError(_failure(f"loading the ONNX model {fresh}", exc)) from exc
 
 
 class OnnxRunner:
@@ -220,10 +278,10 @@ def cached_int8_check(fp32_path: Path, compute: Any) -> dict[str, float]:
         data = json.loads(path.read_text())
         if isinstance(data, dict) and "mean_cosine" in data:
             return {k: float(v) for k, v in data.items()}
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         pass
     result: dict[str, float] = compute()
-    with _atomic_target(path) as tmp:
+    with _atomic_target(_writable(path)) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
