@@ -74,17 +74,18 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> str:
     from huggingface_hub import constants
 
     advice = "pass a local model directory with --model PATH, or download it where the hub is reachable"
+    what = f"{repo_id} at revision {revision}" if revision else repo_id
     cached = _cached_snapshot(repo_id, revision)
     if cached is not None and _has_weights(Path(cached)):
         return cached
     if _offline():
         if cached is not None:
             raise ModelError(_incomplete(repo_id, cached, "HF_HUB_OFFLINE is set"))
-        raise ModelError(f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {advice}")
+        raise ModelError(f"model {what} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {advice}")
     if not _reachable(constants.ENDPOINT):
         if cached is not None:
             raise ModelError(_incomplete(repo_id, cached, f"{constants.ENDPOINT} cannot be reached"))
-        raise ModelError(f"model {repo_id} is not cached and {constants.ENDPOINT} cannot be reached; {advice}")
+        raise ModelError(f"model {what} is not cached and {constants.ENDPOINT} cannot be reached; {advice}")
     return _download(repo_id, revision)
 
 

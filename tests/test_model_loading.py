@@ -267,3 +267,10 @@ def test_no_proxy_and_other_scheme_still_probe(probes: list[tuple[str, int]], mo
     monkeypatch.setenv("NO_PROXY", "localhost,huggingface.co")
     assert not model_mod._reachable("https://huggingface.co")
     assert len(probes) == 2
+
+
+def test_an_uncached_revision_is_named(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _snapshot(hub_cache, {**PARTIAL, "model.safetensors": b"w"})  # another revision is cached
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=f"model {REPO} at revision v9 is not in the Hugging Face cache"):
+        resolve_model(REPO, revision="v9")
