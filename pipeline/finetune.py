@@ -43,6 +43,7 @@ class FinetuneConfig:
     dev: str | None = None
     dev_format: str = "auto"
     dev_split: str | None = None
+    dev_columns: Columns = field(default_factory=Columns)  # a table dev set's sentence1/sentence2/score names
     epochs: float = 1.0
     batch_size: int = 64
     lr: float = 2e-5
@@ -281,7 +282,7 @@ def _dev_pairs(config: FinetuneConfig) -> PairData | None:
             fmt = detect_format(Path(config.dev))
         if dev_split is None and fmt == "sick":
             dev_split = "trial"  # neither SICK's train split (load_pairs' default) nor its test split
-        dev = load_pairs(config.dev, config.dev_format, dev_split)
+        dev = load_pairs(config.dev, config.dev_format, dev_split, config.dev_columns)
     except DataError as exc:
         raise DataError(f"dev set: {exc}") from exc
     if dev.scores is None:
@@ -462,7 +463,7 @@ def _save_atomically(
         model.save(str(tmp), create_model_card=False)
         (tmp / "README.md").write_text(model_card(config, result, dev), encoding="utf-8")
         summary = {k: v for k, v in result.to_dict().items() if k != "log_history"}
-        summary["config"] = {k: (asdict(v) if k == "columns" else v) for k, v in vars(config).items()}
+        summary["config"] = {k: (asdict(v) if k in ("columns", "dev_columns") else v) for k, v in vars(config).items()}
         (tmp / "bmsearch_finetune.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         fsync_tree(tmp)
         if out.exists():

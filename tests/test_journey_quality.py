@@ -14,6 +14,7 @@ from pipeline.evaluate import load_sts_pairs, sts_data_path
 from pipeline.finetune import FinetuneConfig, _dev_pairs, finetune
 from pipeline.training_data import Columns, load_pairs
 from tests.conftest import sample_texts
+from tests.helpers import run
 
 
 def write_sick(folder: Path) -> Path:
@@ -123,12 +124,35 @@ def test_model_card_states_the_default_split(tiny_model: Path, tmp_path: Path) -
 
 
 def test_an_sts_file_of_another_split_than_asked_is_refused(tmp_path: Path) -> None:
-    from pipeline.errors import UsageError
-    from pipeline.evaluate import load_sts_pairs
-
     rows = [f"main\tf\t2012\t{i}\t{i % 5}.0\tsentence {i}\tother {i}" for i in range(4)]
     path = tmp_path / "sts-test.csv"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     assert load_sts_pairs(path).split == "test" and load_sts_pairs(path, split="test").split == "test"
     with pytest.raises(UsageError, match="is the test split, not dev"):
         load_sts_pairs(path, split="dev")
+
+
+def test_a_table_dev_set_with_its_own_column_names(tmp_path: Path) -> None:
+    dev = tmp_path / "dev.parquet"
+    pq.write_table(pa.table({"a": ["x one", "y two", "z three"], "b": ["x", "y", "q"], "gold": [0.9, 0.5, 0.1]}), dev)
+    named = FinetuneConfig(
+        base="unused", train="unused", out="unused", dev=str(dev), dev_columns=Columns("a", "b", score="gold")
+    )
+    pairs = _dev_pairs(named)
+    assert pairs is not None and pairs.sentence1[0] == "x one" and pairs.scores == [0.9, 0.5, 0.1]
+    with pytest.raises(DataError, match=r"^dev set: "):
+        _dev_pairs(FinetuneConfig(base="unused", train="unused", out="unused", dev=str(dev)))
+    result = run(
+        "finetune",
+        "--base",
+        "unused",
+        "--train",
+        "unused",
+        "--out",
+        tmp_path / "o",
+        "--dev",
+        dev,
+        "--dev-columns",
+        "a,b",
+    )
+    assert result.exit_code == 2 and "three column names" in result.output

@@ -42,6 +42,13 @@ from pipeline.cli.output import CliProgress, emit_json, handle_errors
 @click.option("--dev", default=None, help="Scored dev pairs (STS csv, SICK, table) evaluated during training.")
 @click.option("--dev-format", type=click.Choice(["auto", "sts", "sick", "table"]), default="auto", show_default=True)
 @click.option("--dev-split", default=None, help="Split of a SICK dev file [trial].")
+@click.option(
+    "--dev-columns",
+    callback=lambda ctx, param, value: _dev_columns(value),
+    default=None,
+    metavar="S1,S2,SCORE",
+    help="Column names of a table dev set [sentence1,sentence2,score].",
+)
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-5, show_default=True)
@@ -75,6 +82,7 @@ def finetune(
     dev: str | None,
     dev_format: str,
     dev_split: str | None,
+    dev_columns: tuple[str, str, str] | None,
     epochs: float,
     batch_size: int,
     lr: float,
@@ -108,6 +116,7 @@ def finetune(
         dev=dev,
         dev_format=dev_format,
         dev_split=dev_split,
+        dev_columns=Columns(*dev_columns[:2], score=dev_columns[2]) if dev_columns else Columns(),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -143,3 +152,14 @@ def finetune(
     click.echo(f"training loss {num(result.train_loss_start)} -> {num(result.train_loss_end)}")
     if result.dev_after is not None:
         click.echo(f"dev Spearman {pct(result.dev_before)} -> {pct(result.dev_after)}")
+
+
+def _dev_columns(value: str | None) -> tuple[str, str, str] | None:
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",")]
+    if len(names) != 3 or not all(names):
+        raise click.BadParameter(
+            "give three column names: first sentence, second sentence, score", param_hint="--dev-columns"
+        )
+    return names[0], names[1], names[2]
