@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,8 @@ OPSET = 17
 INT8_MIN_MEAN_COSINE = 0.99
 FP32_NAME = "model-fp32.onnx"
 INT8_NAME = "model-int8-perchannel.onnx"
+SCRATCH_PREFIX = ".quantize-"
+STALE_SCRATCH_S = 6 * 3600.0  # a quantisation takes minutes; a scratch folder this old was left by a killed run
 CALIBRATION_TEXTS = (
     "A man is playing a guitar on the street.",
     "The stock market fell sharply after the announcement of new tariffs.",
@@ -175,7 +178,8 @@ def quantize_int8(ref: ModelRef, fp32_path: Path, reuse: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # quantize_dynamic writes scratch files beside its input: give it a private copy so that two processes
     # quantising the same model at once do not trip over each other's scratch files
-    scratch = Path(tempfile.mkdtemp(prefix=".quantize-", dir=target.parent))
+    sweep_stale_scratch(target.parent)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=target.parent))
     try:
         source = scratch / fp32_path.name
         try:
@@ -218,6 +222,15 @@ def _quiet_onnxruntime_root_logs() -> Iterator[None]:
         root.removeFilter(advice)
         if placeholder is not None:
             root.removeHandler(placeholder)
+
+
+def sweep_stale_scratch(folder: Path, max_age_s: float = STALE_SCRATCH_S) -> None:
+    """Remove the scratch folders of quantisations that were killed (older than any live one can be)."""
+    cutoff = time.time() - max_age_s
+    for scratch in folder.glob(f"{SCRATCH_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if scratch.is_dir() and scratch.stat().st_mtime < cutoff:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def load_cached(path: Path, remake: Callable[[], Path], threads: int | None = None, spin: bool = True) -> OnnxRunner:

@@ -126,3 +126,23 @@ def test_model_directory_without_tokenizer_is_refused(tiny_model: Path, tmp_path
         shutil.copy(tiny_model / name, bare / name)
     with pytest.raises(ModelError, match="no tokenizer vocabulary"):
         Encoder(resolve_model(str(bare)), EncoderConfig(device="cpu", backend="torch"))
+
+
+def test_a_killed_quantisation_s_scratch_folder_is_swept(
+    tiny_model: Path, filled_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+
+    _copy_cache(filled_cache, tmp_path, monkeypatch)
+    ref = resolve_model(str(tiny_model))
+    folder = onnx_backend.cache_dir(ref)
+    stale, live = folder / ".quantize-killed", folder / ".quantize-running"
+    for scratch in (stale, live):
+        scratch.mkdir()
+        (scratch / onnx_backend.FP32_NAME).write_bytes(b"x" * 100)
+    old = time.time() - onnx_backend.STALE_SCRATCH_S - 60
+    os.utime(stale, (old, old))
+    (folder / onnx_backend.INT8_NAME).unlink()  # the next int8 run quantises again
+    Encoder(ref, EncoderConfig(device="cpu", backend="onnx-int8")).close()
+    assert not stale.exists() and live.is_dir()  # a recent one may belong to a run still going
