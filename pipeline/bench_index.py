@@ -308,7 +308,9 @@ def default_factories(n: int, d: int, memory_budget: str | None = None) -> list[
     """Flat, the automatic choice, and the alternatives it is weighed against (that choice itself left out)."""
     nlist = ann.default_nlist(n)
     auto = ann.choose_index(n, d, memory_budget).factory
-    others = [f"HNSW{ann.HNSW_M}", f"IVF{nlist},Flat", f"IVF{nlist},PQ64"]
+    # PQ needs a sub-quantizer count that divides d: 64 where it does (384, 512), else the largest that does
+    pq = next(m for m in (64, 48, 32, 24, 16, 8, 4, 2, 1) if d % m == 0)
+    others = [f"HNSW{ann.HNSW_M}", f"IVF{nlist},Flat", f"IVF{nlist},PQ{pq}"]
     return ["Flat", None, *(f for f in others if f != auto)]
 
 

@@ -8,12 +8,17 @@ import gzip
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pipeline.bench_common import default_model, machine_info, shared_data_dir
@@ -109,6 +114,7 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
     from pipeline.layout import IndexPaths
     from pipeline.lexical import LEXICAL_DIR
     from pipeline.manifest import read_manifest
+    from pipeline.model import resolve_model
 
     model = config.model or default_model()
     data_dir = config.data_dir or shared_data_dir()
@@ -121,7 +127,12 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
         raise DataError(f"only {len(corpus)} IMDB reviews found; ask for --rows {len(corpus)} or fewer")
     built_s = None
     current = paths.current()
-    cached = read_manifest(paths.generation(current))["index"] if current is not None else None
+    manifest = read_manifest(paths.generation(current)) if current is not None else None
+    cached = manifest["index"] if manifest is not None else None
+    # an index of another model's vectors is of no use (the server would refuse the model): build it anew
+    other_model = manifest is not None and manifest["settings"].get("model_weights") != resolve_model(model).fingerprint
+    if other_model:
+        cached = None
     has_lexical = current is not None and (paths.generation(current) / LEXICAL_DIR).is_dir()
     lexical = has_lexical or config.mode != "dense"
     if cached is None or cached.get("factory") != _wanted_factory(config, cached) or lexical != has_lexical:
@@ -140,6 +151,7 @@ def prepare_index(config: ServeBenchConfig, progress: Progress | None = None) ->
                 encoder=EncoderConfig(device=config.device, backend=config.backend),
                 index_type=config.index_type,
                 rebuild=cached is not None,  # another index type or a BM25 side: from the cached embeddings
+                overwrite=other_model,
                 lexical=lexical,
             ),
             progress or NoProgress(),
@@ -419,35 +431,36 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
         progress.stage("in-process ceiling", config.ceiling_queries * len(counts), "queries")
         ceiling = pipeline_ceiling(index, queries, config, counts, progress)
     runs: list[dict[str, Any]] = []
-    for max_batch in settings:
-        server = ServerProcess(index["index_dir"], index["name"], index["model_path"], max_batch, config)
-        try:
-            server.wait_ready(config.startup_timeout_s)
-            for clients in config.clients:
-                progress.stage(f"max_batch={max_batch} clients={clients}", config.requests, "requests")
-                asyncio.run(
-                    _load(server.url, queries, clients, config.warmup, config.k, config.time_limit_s, config.mode)
-                )
-                warm = server.metrics()
-                server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
-                result = asyncio.run(
-                    _load(server.url, queries, clients, config.requests, config.k, config.time_limit_s, config.mode)
-                )
-                server_cpu, client_cpu = server.cpu_seconds() - server_cpu, time.process_time() - client_cpu
-                after = server.metrics()
-                progress.advance(result["requests"])
-                runs.append(
-                    {
-                        "max_batch": max_batch,
-                        "clients": clients,
-                        **result,
-                        "mean_batch": _mean_batch_between(warm, after),
-                        **_cpu_per_request(server_cpu, client_cpu, result["requests"]),
-                    }
-                )
-        finally:
-            server.stop()
-            progress.close()
+    with _sigterm_as_exit():  # so the finally below stops the server, as on Ctrl-C
+        for max_batch in settings:
+            server = ServerProcess(index["index_dir"], index["name"], index["model_path"], max_batch, config)
+            try:
+                server.wait_ready(config.startup_timeout_s)
+                for clients in config.clients:
+                    progress.stage(f"max_batch={max_batch} clients={clients}", config.requests, "requests")
+                    asyncio.run(
+                        _load(server.url, queries, clients, config.warmup, config.k, config.time_limit_s, config.mode)
+                    )
+                    warm = server.metrics()
+                    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
+                    result = asyncio.run(
+                        _load(server.url, queries, clients, config.requests, config.k, config.time_limit_s, config.mode)
+                    )
+                    server_cpu, client_cpu = server.cpu_seconds() - server_cpu, time.process_time() - client_cpu
+                    after = server.metrics()
+                    progress.advance(result["requests"])
+                    runs.append(
+                        {
+                            "max_batch": max_batch,
+                            "clients": clients,
+                            **result,
+                            "mean_batch": _mean_batch_between(warm, after),
+                            **_cpu_per_request(server_cpu, client_cpu, result["requests"]),
+                        }
+                    )
+            finally:
+                server.stop()
+                progress.close()
     return {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "extra_env"},
         "machine": machine,
@@ -457,6 +470,24 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress | None = None) 
         "ceiling": ceiling,
         "summary": summarise(runs, config, ceiling),
     }
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM (`timeout`, a cancelled CI job, `kill`) into SystemExit while the block runs: Python's
+    default would end the process without running finally blocks, leaving the server subprocess behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _plan(config: ServeBenchConfig) -> BatchPlan:
@@ -637,7 +668,8 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         lines.append(
             f"- The server's batcher and searcher in process, without HTTP ({s['ceiling_qps']} q/s with "
             f"{s['ceiling_clients']} queries outstanding; {s.get('in_process_scaling', '-')}x its throughput with "
-            f"one): {s['ceiling_scaling']}x the server's 1-client QPS (not a bound: one thread submits and waits in "
-            f"order, so fewer than {s['ceiling_clients']} are outstanding at times)."
+            f"{min(cfg['clients'])}): {s['ceiling_scaling']}x the server's {min(cfg['clients'])}-client QPS (not a "
+            f"bound: one thread submits and waits in order, so fewer than {s['ceiling_clients']} are outstanding at "
+            "times)."
         )
     return "\n".join(lines) + "\n\n"

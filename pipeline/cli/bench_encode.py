@@ -136,7 +136,7 @@ def command(
         from pipeline.bench_common import append_record
 
         append_record(record, render_markdown(result))
-        if not as_json:
+        if not as_json and not quiet:
             click.echo(f"Appended to {record}", err=True)
 
 

@@ -104,5 +104,5 @@ def command(
         click.echo(format_table(result["rows"], COLUMNS))
     if record is not None:
         append_record(record, markdown_section(result, result["command"]))
-        if not as_json:
+        if not as_json and not quiet:
             click.echo(f"Appended to {record}", err=True)
