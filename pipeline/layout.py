@@ -120,6 +120,20 @@ def list_indexes(index_dir: Path | str) -> list[IndexPaths]:
     return [IndexPaths(p) for p in sorted(base.iterdir()) if p.is_dir() and (p / "CURRENT").exists()]
 
 
+def index_folders(index_dir: Path | str) -> list[IndexPaths]:
+    """Every index folder, committed or not: those with CURRENT, and those a first build has started (LOCK,
+    work/) but not committed yet, being built now or interrupted."""
+    base = Path(index_dir)
+    if not base.is_dir():
+        return []
+    marks = ("CURRENT", "LOCK", "work")
+    return [
+        IndexPaths(p)
+        for p in sorted(base.iterdir())
+        if p.is_dir() and NAME_RE.match(p.name) and any((p / mark).exists() for mark in marks)
+    ]
+
+
 def serving_paths(index_dir: Path | str, names: Sequence[str] | None) -> list[IndexPaths]:
     """The named indexes, or every committed one in index_dir when none is named (at least one)."""
     if names:

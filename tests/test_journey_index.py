@@ -114,3 +114,20 @@ def test_a_folder_skips_spark_and_delta_bookkeeping(tmp_path: Path, tiny_model: 
     assert out["rows"] == 4 and sorted(stored(tmp_path / "idx")) == ["a", "b", "c", "d"]
     info = json.loads(run("info", "j", "--index-dir", tmp_path / "idx", "--json").stdout)
     assert sorted(source["name"] for source in info["sources"]) == ["part-0.parquet", "year=2024/part-0.parquet"]
+
+
+def test_list_shows_an_index_whose_first_build_has_not_committed(tmp_path: Path, tiny_model: Path) -> None:
+    data = write_parquet(tmp_path / "docs.parquet", pa.table({"text": sample_texts(4, seed=1)}))
+    index([data], tmp_path / "idx", tiny_model)
+    pending = tmp_path / "idx" / "pending"
+    (pending / "work").mkdir(parents=True)  # what a first build that was killed before its commit leaves
+    (pending / "LOCK").write_text("{}")
+    (tmp_path / "idx" / "notes").mkdir()  # any other folder is not an index
+    listing = run("list", "--index-dir", tmp_path / "idx", "--json")
+    assert listing.exit_code == 0, listing.output  # not broken: building, or to be resumed by its next run
+    rows = {row["name"]: row for row in json.loads(listing.stdout)}
+    assert set(rows) == {"j", "pending"} and rows["j"]["error"] is None
+    assert "no complete generation yet" in rows["pending"]["error"] and rows["pending"]["rows"] is None
+    table = run("list", "--index-dir", tmp_path / "idx")
+    assert table.exit_code == 0 and "pending" in table.stdout and "no complete generation" in table.stdout
+    assert run("query", "x", "--index-dir", tmp_path / "idx", "-i", "j").exit_code == 0  # serving ignores it

@@ -63,15 +63,17 @@ def info(name: str | None, index_name: str | None, index_dir: str, as_json: bool
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def list_indexes(index_dir: str, as_json: bool) -> None:
-    """List the indexes in the index directory; one that cannot be read is listed with its error (exit 1)."""
-    from pipeline.layout import list_indexes as find
+    """List the indexes in the index directory; one that cannot be read is listed with its error (exit 1), one
+    whose first build has not committed yet (running, or interrupted) with that state."""
+    from pipeline.layout import index_folders
 
-    rows = [_list_row(paths) for paths in find(index_dir)]
-    broken = [row["name"] for row in rows if row["error"]]
+    folders = index_folders(index_dir)
+    rows = [_list_row(paths) for paths in folders]
+    broken = [row["name"] for row, paths in zip(rows, folders, strict=True) if row["error"] and _committed(paths)]
     if as_json:
         emit_json(rows)
     elif rows:
-        columns = [c for c in LIST_COLUMNS if c != "error" or broken]
+        columns = [c for c in LIST_COLUMNS if c != "error" or any(row["error"] for row in rows)]
         click.echo(format_table(rows, columns, uncut={"error"}))
     else:
         click.echo(f"no indexes in {index_dir}", err=True)
@@ -80,6 +82,10 @@ def list_indexes(index_dir: str, as_json: bool) -> None:
 
 
 LIST_COLUMNS = ("name", "generation", "rows", "model", "index", "created", "error")
+
+
+def _committed(paths: IndexPaths) -> bool:
+    return paths.current_file.exists()
 
 
 def _list_row(paths: IndexPaths) -> dict[str, Any]:
