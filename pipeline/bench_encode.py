@@ -436,11 +436,22 @@ def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
         raise DataError(f"cannot read {path}: {exc}") from exc
 
 
+QUALITY_DATASETS = ("mini_msmarco", "mini_dbpedia")
+
+
+def check_quality_data(data_dir: Path, datasets: tuple[str, ...] = QUALITY_DATASETS) -> None:
+    """Raise DataError unless every BEIR sample of the quality check is there (checked before a long run)."""
+    from pipeline.beir import BeirFolder
+
+    for name in datasets:
+        BeirFolder.of(data_dir / name)
+
+
 def retrieval_quality(
     model: str,
     data_dir: Path,
     backends: tuple[str, ...] = ("torch", "onnx", "onnx-int8"),
-    datasets: tuple[str, ...] = ("mini_msmarco", "mini_dbpedia"),
+    datasets: tuple[str, ...] = QUALITY_DATASETS,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """nDCG@10 (exact cosine search) per backend and data set, and each backend's cosine to the first."""

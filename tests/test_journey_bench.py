@@ -142,3 +142,10 @@ def test_serve_bench_stops_its_server_when_terminated(tiny_model: Path, tmp_path
         if bench.poll() is None:
             bench.kill()
             bench.wait()
+
+
+def test_encode_bench_quality_checks_its_data_before_the_run(tiny_model: Path, tmp_path: Path) -> None:
+    args = ["bench", "encode", "--corpus", "synthetic", "--rows", "20", "--model", str(tiny_model)]
+    result = CliRunner().invoke(cli, [*args, "--backend", "torch", "--quality", "--data-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 1 and "BEIR folder" in result.stderr and "does not exist" in result.stderr
+    assert result.stdout == ""  # refused up front: no throughput run whose figures are then thrown away

@@ -97,7 +97,7 @@ def command(
     embeddings with sentence-transformers'."""
     from pipeline.bench_common import default_model
     from pipeline.bench_common import shared_data_dir as default_data_dir
-    from pipeline.bench_encode import EncodeBenchConfig, retrieval_quality, run_encode_bench
+    from pipeline.bench_encode import EncodeBenchConfig, check_quality_data, retrieval_quality, run_encode_bench
     from pipeline.encode import EncoderConfig
 
     encoder = EncoderConfig(
@@ -120,12 +120,13 @@ def command(
         read_rows=read_rows,
         passes=passes,
     )
+    quality_dir = data_dir or default_data_dir()
+    if quality:
+        check_quality_data(quality_dir)  # before the throughput run, not after it
     progress = CliProgress(enabled=not quiet and not as_json)
     result = run_encode_bench(config, progress)
     if quality:
-        result["quality"] = retrieval_quality(
-            model or default_model(), data_dir or default_data_dir(), progress=progress
-        )
+        result["quality"] = retrieval_quality(model or default_model(), quality_dir, progress=progress)
         progress.close()
     result["command"] = _command_line(click.get_current_context())
     if as_json:
