@@ -144,7 +144,7 @@ class Searcher:
         if ref.fingerprint != (recorded.get("revision") or recorded.get("content_hash")):
             raise ModelError(
                 f"index {self.paths.name!r} was built with model {recorded['name']}; "
-                f"{ref.name} has other weights and cannot query it"
+                f"{ref.name} has other weights or model files (its content hash or revision differs) and cannot query it"
             )
         config = replace(self.encoder_config, max_seq_length=recorded["max_seq_length"], backend=recorded["backend"])
         encoder = Encoder(ref, config)
