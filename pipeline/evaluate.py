@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.errors import DataError, UsageError
 from pipeline.metrics import average_precision, best_accuracy, pearson, spearman
 from pipeline.progress import NoProgress, Progress
-from pipeline.training_data import Columns, PairData, detect_format, load_pairs
+from pipeline.training_data import Columns, PairData, load_pairs
 
 STS_SPLITS = ("train", "dev", "test")
 ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2  # PairData's label ids
@@ -75,10 +75,7 @@ def load_sts_pairs(
 ) -> PairData:
     """Scored pairs for STS evaluation; SICK defaults to its test split."""
     path = sts_data_path(data, split)
-    fmt = detect_format(path) if format == "auto" and path.exists() else format
-    if fmt == "sick" and split is None:
-        split = "test"
-    pairs = load_pairs(path, format, split, columns)
+    pairs = load_pairs(path, format, split, columns, default_splits={"sick": "test"})
     if pairs.split is None and pairs.format == "sts":
         named = next((s for s in STS_SPLITS if path.name == f"sts-{s}.csv"), None)
         if named and split and split != named:
@@ -114,10 +111,7 @@ def load_nli_pairs(
 ) -> PairData:
     """Labelled pairs for NLI evaluation: an SNLI folder or SICK (test split unless named), or a table."""
     path = Path(data)
-    fmt = detect_format(path) if format == "auto" and path.exists() else format
-    if fmt in ("snli", "sick") and split is None:
-        split = "test"
-    pairs = load_pairs(path, format, split, columns)
+    pairs = load_pairs(path, format, split, columns, default_splits={"snli": "test", "sick": "test"})
     if pairs.labels is None:
         hint = "; it has similarity scores: evaluate it with eval sts" if pairs.scores is not None else ""
         raise DataError(f"{path} has no entailment labels to evaluate against ({pairs.format} layout){hint}")

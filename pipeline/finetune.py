@@ -17,7 +17,7 @@ from pipeline.errors import DataError, OutputExistsError, UsageError
 from pipeline.fsutil import fsync_dir, fsync_tree
 from pipeline.model import load_sentence_transformer, resolve_model
 from pipeline.progress import NoProgress, Progress
-from pipeline.training_data import NLI_LABELS, Columns, PairData, detect_format, load_pairs
+from pipeline.training_data import NLI_LABELS, Columns, PairData, load_pairs
 
 LOSSES = ("mnrl", "softmax", "cosine")
 LOSS_NAMES = {
@@ -275,14 +275,9 @@ def _head(data: PairData, n: int) -> PairData:
 def _dev_pairs(config: FinetuneConfig) -> PairData | None:
     if not config.dev:
         return None
-    dev_split = config.dev_split
     try:
-        fmt = config.dev_format
-        if fmt == "auto" and Path(config.dev).exists():
-            fmt = detect_format(Path(config.dev))
-        if dev_split is None and fmt == "sick":
-            dev_split = "trial"  # neither SICK's train split (load_pairs' default) nor its test split
-        dev = load_pairs(config.dev, config.dev_format, dev_split, config.dev_columns)
+        # SICK: neither its train split (load_pairs' default) nor its test split
+        dev = load_pairs(config.dev, config.dev_format, config.dev_split, config.dev_columns, {"sick": "trial"})
     except DataError as exc:
         raise DataError(f"dev set: {exc}") from exc
     if dev.scores is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,14 +58,20 @@ def load_pairs(
     format: str = "auto",
     split: str | None = None,
     columns: Columns | None = None,
+    default_splits: Mapping[str, str] | None = None,
 ) -> PairData:
-    """Read sentence pairs from an STS csv, an SNLI folder, SICK.txt or a Parquet/CSV/TSV table."""
+    """Read sentence pairs from an STS csv, an SNLI folder, SICK.txt or a Parquet/CSV/TSV table.
+
+    Without `split`, a layout named in `default_splits` reads that split; otherwise SNLI its dev split and
+    SICK its train split.
+    """
     path = Path(path)
     if format not in FORMATS:
         raise UsageError(f"unknown data format {format!r}: use one of {', '.join(FORMATS)}")
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
     fmt = detect_format(path) if format == "auto" else format
+    split = split or (default_splits or {}).get(fmt)
     if fmt == "sts":
         return read_sts(path)
     if fmt == "snli":
