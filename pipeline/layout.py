@@ -114,24 +114,21 @@ class IndexPaths:
 
 
 def list_indexes(index_dir: Path | str) -> list[IndexPaths]:
-    base = Path(index_dir)
-    if not base.is_dir():
-        return []
-    return [IndexPaths(p) for p in sorted(base.iterdir()) if p.is_dir() and (p / "CURRENT").exists()]
+    """The committed indexes (those with CURRENT)."""
+    return _folders_with(index_dir, ("CURRENT",))
 
 
 def index_folders(index_dir: Path | str) -> list[IndexPaths]:
     """Every index folder, committed or not: those with CURRENT, and those a first build has started (LOCK,
     work/) but not committed yet, being built now or interrupted."""
+    return _folders_with(index_dir, ("CURRENT", "LOCK", "work"))
+
+
+def _folders_with(index_dir: Path | str, marks: Sequence[str]) -> list[IndexPaths]:
     base = Path(index_dir)
     if not base.is_dir():
         return []
-    marks = ("CURRENT", "LOCK", "work")
-    return [
-        IndexPaths(p)
-        for p in sorted(base.iterdir())
-        if p.is_dir() and NAME_RE.match(p.name) and any((p / mark).exists() for mark in marks)
-    ]
+    return [IndexPaths(p) for p in sorted(base.iterdir()) if p.is_dir() and any((p / m).exists() for m in marks)]
 
 
 def serving_paths(index_dir: Path | str, names: Sequence[str] | None) -> list[IndexPaths]:
